@@ -1,0 +1,3 @@
+from dsmix_cli.cli import main
+
+main()

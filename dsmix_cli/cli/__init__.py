@@ -1,0 +1,67 @@
+"""The `dsmix` command line (Typer). Each command module registers its commands on `app`.
+
+Only this package imports Typer. A command body is: options -> config -> one engine call ->
+one report call.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dsmix_cli import __version__, report
+from dsmix_cli.cli import common
+
+app = typer.Typer(
+    name="dsmix",
+    help="DSMix: quality-aware pre-training and no-reference image quality assessment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dsmix {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """DSMix: quality-aware pre-training and no-reference image quality assessment."""
+    report.set_quiet(quiet)
+    common.set_verbose(verbose)
+
+
+def _register() -> None:
+    # Each module adds its commands; the import order is the order in `dsmix --help`.
+    from dsmix_cli.cli import data as _data
+
+    for module in (_data,):
+        module.register(app)
+    import importlib
+
+    for name in ("synthesize", "dsm", "qep", "probe"):
+        try:
+            module = importlib.import_module(f"dsmix_cli.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"dsmix_cli.cli.{name}":
+                raise
+            continue
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

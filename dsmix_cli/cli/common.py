@@ -1,0 +1,96 @@
+"""Pieces shared by the command modules: error handling, option types, small parsers."""
+
+from __future__ import annotations
+
+import functools
+import re
+import traceback
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from dsmix_cli import report
+from dsmix_cli.errors import DsmixError
+
+_state = {"verbose": False}
+
+
+def set_verbose(verbose: bool) -> None:
+    _state["verbose"] = verbose
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn a `DsmixError` into one clear line on stderr and its exit code (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DsmixError as exc:
+            if _state["verbose"]:
+                traceback.print_exc()
+            report.error(str(exc))
+            raise typer.Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            report.error("interrupted")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def parse_int_list(text: str, lo: int, hi: int, what: str) -> list[int]:
+    """Parse `1,10,11`, `1-25` or `1-5,9` into a sorted list of unique ints in [lo, hi].
+
+    Raises:
+        DsmixError: malformed text or a value out of range.
+    """
+    values: set[int] = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if a > b:
+                raise DsmixError(f"{what}: range {part!r} runs backwards")
+            values.update(range(a, b + 1))
+        elif part.isdigit():
+            values.add(int(part))
+        else:
+            raise DsmixError(f"{what}: cannot parse {part!r} (use e.g. 1,10,11 or 1-25)")
+    if not values:
+        raise DsmixError(f"{what}: empty list")
+    bad = sorted(v for v in values if v < lo or v > hi)
+    if bad:
+        raise DsmixError(f"{what}: {bad} out of range {lo}-{hi}")
+    return sorted(values)
+
+
+# Option types used by several commands (CLI.md: global conventions).
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = CUDA when available).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data order, crops, splits, initialisation).")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON to this file ('-' = stdout).")]
+RootOpt = Annotated[Optional[Path], typer.Option(
+    "--root", help="Dataset folder (default: $DSMIX_DATA/<name>, else ./datasets/<name>).")]
+OutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", help="Run folder (default: a new runs/<command>/<timestamp>).")]
+MaxStepsOpt = Annotated[Optional[int], typer.Option(
+    "--max-steps", min=1, help="Stop after this many optimizer steps without changing the schedule.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the killed run in --out exactly.")]
+AmpOpt = Annotated[str, typer.Option("--amp", help="Mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
+
+
+def default_run_dir(command: str) -> Path:
+    """`runs/<command>/<timestamp>` under the current folder (a fresh name)."""
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / command / stamp
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{stamp}-{n}")
+    return path

@@ -1,0 +1,104 @@
+"""Checkpoint format: the one module that writes and reads training state and model weights.
+
+* Training checkpoints (`last.pt`, `best.pt`) are `torch.save` dicts of tensors and plain
+  Python values: `format_version`, `kind` (the stage), `config` (the resolved run config),
+  `step`, `model`, `optimizer`, `scheduler`, `scaler`, ... . They are written atomically and read
+  back with `torch.load(weights_only=True)`, so loading never unpickles arbitrary objects.
+* Exported weights (`<name>.safetensors`) hold a model's state dict and, as safetensors
+  metadata, a JSON `dsmix` record (format version, kind, the config that rebuilds the model).
+  These are what later stages and other users load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsmix_cli.errors import CheckpointError
+from dsmix_cli.fileio import atomic_open
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, *, kind: str, config: dict, **state: Any) -> None:
+    """Write a training checkpoint atomically.
+
+    Args:
+        path: destination (`.../last.pt`).
+        kind: the stage that wrote it (`pretrain-dsm`, `qep`, ...); checked on load.
+        config: the resolved run config (JSON-able); a checkpoint rebuilds its model alone.
+        **state: tensors, state dicts and plain values (step, model, optimizer, ...).
+    """
+    payload = {"format_version": FORMAT_VERSION, "kind": kind, "config": config, **state}
+    with atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
+    """Read a training checkpoint safely (`weights_only=True`) and check its format and kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not a checkpoint we trust"
+        raise CheckpointError(f"not a readable dsmix checkpoint ({type(exc).__name__}: {exc})", path) from None
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise CheckpointError("not a dsmix checkpoint (no format_version)", path)
+    if payload["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format {payload['format_version']} is newer than this dsmix supports "
+            f"({FORMAT_VERSION}); upgrade dsmix", path)
+    if kind is not None and payload.get("kind") != kind:
+        raise CheckpointError(f"is a {payload.get('kind')!r} checkpoint, expected {kind!r}", path)
+    return payload
+
+
+def export_weights(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write a state dict as safetensors with a JSON `dsmix` metadata record, atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    record = {"format_version": FORMAT_VERSION, **meta}
+    blob = save(tensors, metadata={"dsmix": json.dumps(record)})
+    with atomic_open(path, "wb") as fh:
+        fh.write(blob)
+
+
+def load_weights(path: str | Path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read exported weights: returns (state_dict, meta). Checks format version and kind."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("weights file not found", path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            raw_meta = (fh.metadata() or {}).get("dsmix")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"not a readable safetensors file ({exc})", path) from None
+    if raw_meta is None:
+        raise CheckpointError("safetensors file has no dsmix metadata (not written by dsmix)", path)
+    meta = json.loads(raw_meta)
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError("weights format is newer than this dsmix supports; upgrade dsmix", path)
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"holds {meta.get('kind')!r} weights, expected {kind!r}", path)
+    return tensors, meta
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: str | Path) -> None:
+    """Load weights asserting the exact expected keys; a mismatch names what is missing/extra."""
+    result = module.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        parts = []
+        if result.missing_keys:
+            parts.append(f"missing keys {result.missing_keys[:5]}{' ...' if len(result.missing_keys) > 5 else ''}")
+        if result.unexpected_keys:
+            parts.append(f"unexpected keys {result.unexpected_keys[:5]}"
+                         f"{' ...' if len(result.unexpected_keys) > 5 else ''}")
+        raise CheckpointError("weights do not match the model: " + "; ".join(parts), source)

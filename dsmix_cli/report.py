@@ -1,0 +1,158 @@
+"""Everything the tool shows a person: progress, tables, messages. The only module beside the
+CLI that imports rich.
+
+Engines never print; they take callbacks (`on_progress`) that the CLI builds from here. On a
+terminal long work shows a rich progress bar (rate, ETA, running loss); when stdout is not a
+terminal it prints plain periodic lines instead, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+_state = {"quiet": False}
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence progress and informational messages (errors and results still print)."""
+    _state["quiet"] = bool(quiet)
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def info(message: str) -> None:
+    """An informational line on stdout (suppressed by --quiet)."""
+    if not _state["quiet"]:
+        console.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr."""
+    err_console.print(f"warning: {message}", markup=False, style="yellow")
+
+
+def error(message: str) -> None:
+    """An error line on stderr."""
+    err_console.print(f"error: {message}", markup=False, style="bold red")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "nan"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]],
+          footer: Sequence[Any] | None = None) -> None:
+    """Print a table; floats get four decimals. `footer` is a highlighted last row (e.g. median)."""
+    t = Table(title=title, show_lines=False, title_justify="left")
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*(_fmt(v) for v in row))
+    if footer is not None:
+        t.add_section()
+        t.add_row(*(_fmt(v) for v in footer), style="bold")
+    console.print(t)
+
+
+class ProgressReporter:
+    """A progress display for one long task.
+
+    Use as a context manager; call `update(completed, **fields)` or `advance(n, **fields)`.
+    Fields (e.g. `loss=0.12`) are shown beside the bar, or in the plain log lines.
+    """
+
+    def __init__(self, description: str, total: int | None, unit: str = "it",
+                 plain_every_s: float = 10.0):
+        self.description = description
+        self.total = total
+        self.unit = unit
+        self.completed = 0
+        self.fields: dict[str, Any] = {}
+        self._rich = None
+        self._task = None
+        self._plain_every = plain_every_s
+        self._last_plain = 0.0
+        self._start = time.monotonic()
+
+    def __enter__(self) -> "ProgressReporter":
+        if _state["quiet"]:
+            return self
+        if console.is_terminal:
+            self._rich = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[extra]}"),
+                console=console,
+                transient=False,
+            )
+            self._rich.__enter__()
+            self._task = self._rich.add_task(self.description, total=self.total, rate="", extra="")
+        else:
+            console.print(f"{self.description}: 0/{self.total if self.total is not None else '?'}",
+                          markup=False)
+        return self
+
+    def _extra(self) -> str:
+        return "  ".join(f"{k}={_fmt(v)}" for k, v in self.fields.items())
+
+    def update(self, completed: int, **fields: Any) -> None:
+        self.completed = completed
+        self.fields.update(fields)
+        if _state["quiet"]:
+            return
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        rate = f"{self.completed / elapsed:.1f} {self.unit}/s"
+        if self._rich is not None:
+            self._rich.update(self._task, completed=completed, rate=rate, extra=self._extra())
+            return
+        now = time.monotonic()
+        done = self.total is not None and completed >= self.total
+        if now - self._last_plain >= self._plain_every or done:
+            self._last_plain = now
+            total = self.total if self.total is not None else "?"
+            console.print(f"{self.description}: {completed}/{total}  {rate}  {self._extra()}".rstrip(),
+                          markup=False)
+
+    def advance(self, n: int = 1, **fields: Any) -> None:
+        self.update(self.completed + n, **fields)
+
+    def __exit__(self, *exc) -> None:
+        if self._rich is not None:
+            self._rich.__exit__(*exc)
+
+
+def progress(description: str, total: int | None, unit: str = "it") -> ProgressReporter:
+    """Shorthand for `ProgressReporter(description, total, unit)`."""
+    return ProgressReporter(description, total, unit)
+
+
+def flush() -> None:
+    sys.stdout.flush()
