@@ -1,0 +1,1 @@
+"""Networks: the ResNet quality encoder and teacher, heads, encoders for probing."""
