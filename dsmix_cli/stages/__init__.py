@@ -1,0 +1,1 @@
+"""Training and evaluation stages, each a thin layer over the engine."""
