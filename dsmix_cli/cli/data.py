@@ -1,10 +1,117 @@
-"""`dsmix data list` and `dsmix data check` (to be filled in)."""
+"""`dsmix data list` and `dsmix data check`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
-data_app = typer.Typer(help="Datasets the tool knows, and checks of a dataset folder.", no_args_is_help=True)
+from dsmix_cli import report
+from dsmix_cli.cli.common import JsonOpt, RootOpt, handle_errors
+from dsmix_cli.data import catalog
+from dsmix_cli.data.check import check_images, describe
+from dsmix_cli.fileio import write_json
+
+data_app = typer.Typer(help="Datasets the tool knows, and checks of a dataset folder.",
+                       no_args_is_help=True, rich_markup_mode=None)
+
+
+def _direction(info: catalog.DatasetInfo) -> str:
+    if info.score_range is None and info.name in catalog.CSV_LAYOUTS:
+        return "from --lower-better (default higher better)"
+    arrow = "lower better" if info.lower_better else "higher better"
+    if info.score_range is None:
+        return f"{info.label}, no scores"
+    lo, hi = info.score_range
+    return f"{info.label}, {arrow}, {lo:g}-{hi:g}"
+
+
+@data_app.command("list")
+@handle_errors
+def list_datasets(json: JsonOpt = None) -> None:
+    """List the dataset names the tool knows, with their type, scores and expected layout."""
+    infos = list(catalog.DATASETS.values())
+    if json is not None:
+        write_json(json, [{
+            "name": i.name, "aliases": list(i.aliases), "description": i.description,
+            "synthetic": i.synthetic, "label": i.label, "lower_better": i.lower_better,
+            "score_range": list(i.score_range) if i.score_range else None, "images": i.images,
+            "epochs": i.epochs, "layout": i.layout} for i in infos])
+        if str(json) == "-":
+            return
+    rows = [(i.name, ", ".join(i.aliases) or "-",
+             "synthetic" if i.synthetic else ("authentic" if i.name not in catalog.CSV_LAYOUTS else "either"),
+             _direction(i), i.images if i.images is not None else "-", i.epochs or "-", i.layout)
+            for i in infos]
+    report.table("Datasets (dsmix data check NAME --root DIR)",
+                 ["name", "aliases", "type", "score", "images", "LP epochs", "expected layout under --root"], rows)
+    report.info("Default root: --root, else $DSMIX_DATA/<name>, else ./datasets/<name>. "
+                "Details: docs/datasets.md")
+
+
+@data_app.command("check")
+@handle_errors
+def check(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name or alias (see `dsmix data list`).")],
+    root: RootOpt = None,
+    skip_missing: Annotated[bool, typer.Option(
+        "--skip-missing", help="Go on with the images present when some are missing (exit 0).")] = False,
+    json: JsonOpt = None,
+    csv: Annotated[Optional[Path], typer.Option(
+        "--csv", help="Label file: required for 'pyiqa' and 'csv', or a native label file kept elsewhere.")] = None,
+    decode: Annotated[bool, typer.Option(
+        "--decode/--no-decode", help="Decode every image once to find unreadable files.")] = True,
+    lower_better: Annotated[Optional[bool], typer.Option(
+        "--lower-better/--higher-better", help="Score direction of a 'pyiqa' or 'csv' label file.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decoding threads.")] = 4,
+) -> None:
+    """Validate a dataset folder before a long run: counts, score range and direction,
+    references, missing and unreadable images.
+
+    Exit codes: 0 all usable (or missing ones skipped), 1 unreadable images found,
+    2 bad folder or label file, or images missing without --skip-missing.
+    """
+    to_stdout = json is not None and str(json) == "-"
+    dataset = catalog.load_dataset(name, root, skip_missing=skip_missing, csv=csv, lower_better=lower_better)
+    if dataset.missing:
+        report.warn(f"{len(dataset.missing)} of {dataset.total} images are missing "
+                    f"(e.g. {catalog.format_examples(dataset.missing, dataset.root)}); "
+                    f"going on with the {len(dataset.items)} present")
+    if decode and to_stdout:  # stdout carries the JSON alone
+        dataset = check_images(dataset, workers=workers)
+    elif decode:
+        with report.progress(f"decoding {dataset.name}", total=len(dataset.items), unit="img") as bar:
+            dataset = check_images(dataset, on_progress=lambda done, total: bar.update(done),
+                                           workers=workers)
+    summary = describe(dataset, decoded=decode)
+    if json is not None:
+        write_json(json, summary)
+    if not to_stdout:
+        _print_summary(summary)
+    for item in summary["unreadable_examples"]:
+        report.warn(f"unreadable: {item['path']}: {item['reason']}")
+    if dataset.unreadable:
+        report.error(f"{len(dataset.unreadable)} of {dataset.total} images cannot be decoded")
+        raise typer.Exit(code=1)
+
+
+def _print_summary(s: dict) -> None:
+    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    rows = [
+        ("root", s["root"]),
+        ("label file", s["label_file"]),
+        ("images (usable)", f"{s['images']} of {s['total']}"),
+        ("references", fmt(s["references"])),
+        ("scores (raw)", f"{fmt(s['score_min'])} .. {fmt(s['score_max'])}"),
+        ("direction", "lower is better (flipped for training)" if s["lower_better"] else "higher is better"),
+        ("missing", str(s["missing"])),
+        ("unreadable", str(s["unreadable"]) if s["decoded"] else "not checked (--no-decode)"),
+    ]
+    if s["official_split"]:
+        rows.append(("official split", " / ".join(f"{k} {v}" for k, v in s["official_split"].items())))
+    rows += [("note", n) for n in s["notes"]]
+    report.table(f"dsmix data check {s['dataset']}", ["", "value"], rows)
 
 
 def register(app: typer.Typer) -> None:
