@@ -1,0 +1,108 @@
+"""`dsmix make-gt-dsm`: store the ground-truth DSM of every distorted image (METHOD.md 1, step 6).
+
+One map per distorted image at full resolution, `OUT/<distorted-stem>.npy`, shape
+(H // pool, W // pool), float16 by default. Each file is written atomically, so a killed run
+leaves only whole maps and a rerun skips them (resume for free). Pre-training does not need
+these (it computes the ground truth on the fly from the shared crop); they serve
+`pretrain-dsm --gt-maps` and `qep --dsm-source maps`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from dsmix_cli.data.pairs import Pair, load_pairs
+from dsmix_cli.dsm.gt import dsm_map_path, gt_dsm, load_gt_map
+from dsmix_cli.errors import DatasetError, DsmixError
+from dsmix_cli.fileio import save_npy
+from dsmix_cli.imageio import load_rgb_tensor
+
+__all__ = ["MakeGtConfig", "MakeGtResult", "make_gt_dsm", "dsm_map_path", "load_gt_map"]
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass
+class MakeGtConfig:
+    """Options of `make-gt-dsm`."""
+
+    data: Path
+    out: Path
+    pool: int = 8
+    dtype: str = "float16"
+    workers: int = 0
+    skip_missing: bool = False
+
+
+@dataclass
+class MakeGtResult:
+    out: Path
+    total: int  # distorted images in the dataset
+    written: int  # maps written by this run
+    skipped: int  # maps already present (resume)
+
+
+class _PairImages(Dataset):
+    """Decodes one (distorted, reference) pair per item, in worker processes when asked."""
+
+    def __init__(self, pairs: list[Pair]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        pair = self.pairs[i]
+        dist, ref = load_rgb_tensor(pair.dist), load_rgb_tensor(pair.ref)
+        if dist.shape != ref.shape:
+            raise DatasetError(f"is {dist.shape[2]}x{dist.shape[1]} but its reference {pair.ref.name} is "
+                               f"{ref.shape[2]}x{ref.shape[1]}", pair.dist)
+        return i, dist, ref
+
+
+def make_gt_dsm(cfg: MakeGtConfig, on_progress: Callable[[int, int], None] | None = None) -> MakeGtResult:
+    """Write the missing ground-truth maps of a pairs folder.
+
+    Args:
+        cfg: the options.
+        on_progress: called as `on_progress(done, total)` after each image (done counts the
+            maps already present).
+
+    Raises:
+        DsmixError: bad options; DatasetError: unreadable dataset, two distorted images with the
+            same file stem (their maps would collide), mismatched image sizes.
+    """
+    if cfg.dtype not in DTYPES:
+        raise DsmixError(f"--dtype {cfg.dtype!r}: expected float16 or float32")
+    if cfg.pool < 1:
+        raise DsmixError(f"--pool {cfg.pool}: must be at least 1")
+    pairs = load_pairs(cfg.data, skip_missing=cfg.skip_missing)
+    stems = Counter(p.dist.stem for p in pairs)
+    clashes = [s for s, n in stems.items() if n > 1]
+    if clashes:
+        raise DatasetError(f"{len(clashes)} distorted file names repeat across folders (e.g. {clashes[0]}); "
+                           f"their maps would overwrite each other", cfg.data)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise DsmixError("--out exists and is not a folder", out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [p for p in pairs if not dsm_map_path(out, p.dist).is_file()]
+    done = len(pairs) - len(todo)
+    if on_progress is not None:
+        on_progress(done, len(pairs))
+    loader = DataLoader(_PairImages(todo), batch_size=None, shuffle=False, num_workers=cfg.workers)
+    dtype = DTYPES[cfg.dtype]
+    written = 0
+    for i, dist, ref in loader:
+        gt = gt_dsm(dist, ref, pool=cfg.pool)
+        save_npy(dsm_map_path(out, todo[i].dist), gt.numpy().astype(dtype))
+        written += 1
+        if on_progress is not None:
+            on_progress(done + written, len(pairs))
+    return MakeGtResult(out=out, total=len(pairs), written=written, skipped=done)

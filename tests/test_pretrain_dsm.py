@@ -1,0 +1,96 @@
+"""`dsmix pretrain-dsm` end to end on a tiny ViT: exact resume, outputs, defaults, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from dsm_fixtures import write_synth_folder
+from dsmix_cli import defaults
+from dsmix_cli.cli import app
+from dsmix_cli.dsm.network import load_dsm_model
+from dsmix_cli.engine.checkpoint import load_checkpoint
+
+TINY = ["--arch", "vit_small_patch8_224", "--depth", "1", "--image-size", "32", "--batch-size", "4",
+        "--no-pretrained", "--device", "cpu", "--seed", "3", "--workers", "0"]
+
+
+@pytest.fixture()
+def data(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSMIX_HOME", str(tmp_path / "home"))
+    return write_synth_folder(tmp_path / "D", n_refs=4)  # 32 pairs: 24 train (6 steps/epoch), 8 held out
+
+
+def _run(*args: str):
+    res = CliRunner().invoke(app, ["pretrain-dsm", *args])
+    return res
+
+
+def _losses(run: Path) -> dict[int, float]:
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}
+
+
+def test_resume_gives_the_same_step_10_loss(data, tmp_path):
+    a, b = tmp_path / "A", tmp_path / "B"
+    res = _run("--data", str(data), "--out", str(a), *TINY, "--max-steps", "10", "--log-every", "1")
+    assert res.exit_code == 0, res.output
+    assert "stopped at --max-steps (10/60)" in res.output
+    res = _run("--data", str(data), "--out", str(b), *TINY, "--max-steps", "6", "--log-every", "1")
+    assert res.exit_code == 0, res.output
+    res = _run("--data", str(data), "--out", str(b), *TINY, "--resume", "--max-steps", "10", "--log-every", "1")
+    assert res.exit_code == 0, res.output
+    la, lb = _losses(a), _losses(b)
+    assert sorted(la) == sorted(lb) == list(range(1, 11))
+    assert math.isfinite(la[10]) and la == lb  # exactly the same, step by step
+    wa, wb = load_dsm_model(a), load_dsm_model(b)
+    for (k, p), q in zip(wa.state_dict().items(), wb.state_dict().values()):
+        assert torch.equal(p, q), k
+
+    # the schedule comes from --epochs (10 x 6 steps), not from --max-steps
+    lr10 = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines() if '"step": 10,' in x][0]["lr"]
+    assert lr10 == pytest.approx(5e-3 * 0.5 * (1 + math.cos(math.pi * 9 / 60)))
+    cfg = json.loads((a / "config.json").read_text())
+    assert cfg["lr"] == 5e-3 and cfg["weight_decay"] == 1e-4 and cfg["total_steps"] == 60
+    assert cfg["train_pairs"] == 24 and cfg["val_pairs"] == 8 and "cls_token" in cfg["method"]
+    assert load_checkpoint(a / "last.pt", kind="pretrain-dsm")["config"]["arch"] == "vit_small_patch8_224"
+    results = json.loads((a / "results.json").read_text())
+    assert results["step"] == 10 and results["finished"] is False and math.isfinite(results["best_val_mse"])
+    assert any("val_mse" in line for line in (a / "metrics.jsonl").read_text().splitlines())
+    with Image.open(a / "dsm_preview.png") as im:
+        assert im.width >= 4 * 32 and im.height > 4 * 32
+    assert defaults.resolve_default("dsm_model", None).value == str(b.resolve())  # the last run to end
+
+
+def test_refuses_to_overwrite_or_change_a_run(data, tmp_path):
+    run = tmp_path / "R"
+    assert _run("--data", str(data), "--out", str(run), *TINY, "--max-steps", "1").exit_code == 0
+    res = _run("--data", str(data), "--out", str(run), *TINY, "--max-steps", "2")
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = _run("--data", str(data), "--out", str(run), *TINY, "--max-steps", "2", "--resume", "--lr", "1e-3")
+    assert res.exit_code == 2 and "lr was 0.005" in res.output
+    res = _run("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "X"), *TINY)
+    assert res.exit_code == 2 and "dataset folder not found" in res.output
+    res = _run("--data", str(data), "--out", str(tmp_path / "Y"), *TINY, "--batch-size", "64")
+    assert res.exit_code == 2 and "fewer than one batch" in res.output
+
+
+def test_full_schedule_from_stored_maps_into_the_default_folder(data, tmp_path, monkeypatch):
+    maps = tmp_path / "maps"
+    assert CliRunner().invoke(app, ["make-gt-dsm", "--data", str(data), "--out", str(maps),
+                                    "--workers", "0"]).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    res = _run("--data", str(data), *TINY, "--epochs", "1", "--gt-maps", str(maps), "--decoder", "mlp")
+    assert res.exit_code == 0, res.output
+    assert "finished the schedule" in res.output
+    (run,) = (tmp_path / "runs" / "pretrain-dsm").iterdir()
+    assert (run / "best.pt").is_file() and (run / "dsm_preview.png").is_file()
+    assert json.loads((run / "results.json").read_text())["finished"] is True
+    assert load_dsm_model(run).decoder_name == "mlp"
+    assert defaults.resolve_default("dsm_model", None).value == str(run.resolve())
