@@ -173,3 +173,18 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(DsmixError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from dsmix_cli.fileio import write_json
+
+    mask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) & 0o044 == 0o044  # readable by others
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.json"]  # no temporary left behind

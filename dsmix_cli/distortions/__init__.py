@@ -1,0 +1,187 @@
+"""The 25 KADID-10k / KADIS-700k distortions x 5 levels, batched on whatever device the images are on.
+
+Each type follows one MATLAB function of the KADIS `code_imdistort` folder, called through the
+dispatcher `imdist_generator(im, type, level)`: the image goes through `mapmm` (global min-max
+rescale to [0, 1]) before and after the distortion, and the level picks one value of the
+dispatcher's table (`TYPES[t].levels`, level 1 -> 5, in MATLAB's order). Randomness comes only
+from the generator passed in. See docs/distortions.md for the table and the deviations.
+
+Example:
+    >>> g = torch.Generator().manual_seed(0)
+    >>> y = distort(x, 11, 3, g)  # white noise, variance 0.003, on x's device
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from dsmix_cli.distortions import _random, blur, color, compression, noise, spatial, tone
+from dsmix_cli.distortions._matlab import mapmm
+from dsmix_cli.distortions.denoise import denoiser_name, set_denoiser
+
+__all__ = [
+    "NUM_TYPES", "NUM_LEVELS", "TYPES", "TYPE_NAMES", "CPU_ONLY_TYPES", "RANDOM_TYPES",
+    "MONOTONE_TYPES", "DistortionType", "distort", "distort_batch", "level_value", "mapmm",
+    "set_denoiser", "denoiser_name",
+]
+
+NUM_TYPES = 25
+NUM_LEVELS = 5
+
+
+@dataclass(frozen=True)
+class DistortionType:
+    """One row of the KADID table (DISTORTIONS.md §1.2).
+
+    Attributes:
+        number: the KADID type number (1-25).
+        name: a snake_case name.
+        matlab: the MATLAB function the dispatcher calls.
+        parameter: what the level values are.
+        levels: the dispatcher's values for levels 1..5.
+        fn: the batched implementation, `fn(x, values, generator) -> tensor`.
+        cpu_only: runs through Pillow on the CPU.
+        random: draws from the generator.
+        monotone: level 5 departs further from the reference than level 1.
+    """
+
+    number: int
+    name: str
+    matlab: str
+    parameter: str
+    levels: tuple[float, ...]
+    fn: Callable
+    cpu_only: bool = False
+    random: bool = False
+    monotone: bool = True
+
+
+_T = DistortionType
+TYPES: dict[int, DistortionType] = {t.number: t for t in (
+    _T(1, "gaussian_blur", "imblurgauss", "sigma", (0.1, 0.5, 1, 2, 5), blur.gaussian_blur),
+    _T(2, "lens_blur", "imblurlens", "radius", (1, 2, 4, 6, 8), blur.lens_blur),
+    _T(3, "motion_blur", "imblurmotion", "length", (1, 2, 4, 6, 10), blur.motion_blur, random=True),
+    _T(4, "color_diffusion", "imcolordiffuse", "amount", (1, 3, 6, 8, 12), color.color_diffusion),
+    _T(5, "color_shift", "imcolorshift", "amount", (1, 3, 6, 8, 12), color.color_shift, random=True),
+    _T(6, "color_quantization", "imcolorquantize", "colors", (64, 48, 32, 16, 8),
+       compression.color_quantization, cpu_only=True),
+    _T(7, "color_saturation_hsv", "imcolorsaturate", "factor", (0.4, 0.2, 0.1, 0, -0.4),
+       color.color_saturation_hsv),
+    _T(8, "color_saturation_lab", "imsaturate", "factor", (1, 2, 3, 6, 9), color.color_saturation_lab),
+    _T(9, "jpeg2000", "imcompressjp2k", "ratio", (16, 32, 45, 120, 400), compression.jpeg2000, cpu_only=True),
+    _T(10, "jpeg", "imcompressjpeg", "quality", (43, 36, 24, 7, 4), compression.jpeg),
+    _T(11, "white_noise", "imnoisegauss", "variance", (0.001, 0.002, 0.003, 0.005, 0.01),
+       noise.white_noise, random=True),
+    _T(12, "white_noise_color", "imnoisecolorcomp", "variance", (1e-4, 5e-4, 1e-3, 2e-3, 3e-3),
+       noise.white_noise_color, random=True),
+    _T(13, "impulse_noise", "imnoiseimpulse", "density", (0.001, 0.005, 0.01, 0.02, 0.03),
+       noise.impulse_noise, random=True),
+    _T(14, "multiplicative_noise", "imnoisemultiplicative", "variance", (0.001, 0.005, 0.01, 0.02, 0.05),
+       noise.multiplicative_noise, random=True),
+    _T(15, "denoise", "imdenoise", "variance", (0.01, 0.03, 0.05, 0.1, 0.15), noise.denoise_distortion,
+       random=True),
+    _T(16, "brighten", "imbrighten", "amount", (0.1, 0.2, 0.4, 0.7, 1.1), tone.brighten),
+    _T(17, "darken", "imdarken", "amount", (0.05, 0.1, 0.2, 0.4, 0.8), tone.darken),
+    _T(18, "mean_shift", "immeanshift", "shift", (0.15, 0.08, 0, -0.08, -0.15), tone.mean_shift, monotone=False),
+    _T(19, "jitter", "imjitter", "amount", (0.05, 0.1, 0.2, 0.5, 1), spatial.jitter, random=True),
+    _T(20, "non_eccentricity_patch", "imnoneccentricity", "patches", (20, 40, 60, 80, 100),
+       spatial.non_eccentricity_patch, random=True),
+    _T(21, "pixelate", "impixelate", "strength", (0.01, 0.05, 0.1, 0.2, 0.5), spatial.pixelate),
+    _T(22, "quantization", "imnoisequantize", "thresholds", (20, 16, 13, 10, 7), tone.quantization),
+    _T(23, "color_block", "imcolorblock", "blocks", (2, 4, 6, 8, 10), spatial.color_block, random=True),
+    _T(24, "high_sharpen", "imsharpenHi", "amount", (1, 2, 3, 6, 12), blur.high_sharpen),
+    _T(25, "contrast_change", "imcontrastc", "amount", (0.3, 0.15, 0, -0.4, -0.6), tone.contrast_change,
+       monotone=False),
+)}
+
+TYPE_NAMES: dict[int, str] = {n: t.name for n, t in TYPES.items()}
+CPU_ONLY_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.cpu_only)
+RANDOM_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.random)
+MONOTONE_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.monotone)
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _check(dist_type: int, level: int) -> DistortionType:
+    if dist_type not in TYPES:
+        raise ValueError(f"distortion type {dist_type} is not in 1..{NUM_TYPES}")
+    if not 1 <= level <= NUM_LEVELS:
+        raise ValueError(f"distortion level {level} is not in 1..{NUM_LEVELS}")
+    return TYPES[dist_type]
+
+
+def level_value(dist_type: int, level: int) -> float:
+    """The MATLAB dispatcher's parameter for a (type, level), e.g. (1, 5) -> sigma 5."""
+    return float(_check(dist_type, level).levels[level - 1])
+
+
+def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator: Generators,
+         mapmm_: bool) -> torch.Tensor:
+    device, dtype = x.device, x.dtype
+    y = x.float()
+    if spec.cpu_only:
+        y = y.cpu()
+    if mapmm_:
+        y = mapmm(y)
+    y = spec.fn(y, [float(spec.levels[lv - 1]) for lv in levels], generator)
+    if mapmm_:
+        y = mapmm(y)
+    return y.clamp(0.0, 1.0).to(device=device, dtype=dtype)
+
+
+def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators = None,
+            *, mapmm: bool = True) -> torch.Tensor:
+    """Apply one KADID distortion at one level to a batch (MATLAB `imdist_generator`).
+
+    Args:
+        x: (B, 3, H, W) float images in [0, 1], on any device.
+        dist_type: 1..25 (KADID order, `TYPE_NAMES`).
+        level: 1..5 (the dispatcher's table, `TYPES[t].levels`).
+        generator: the only source of randomness: one `torch.Generator` for the batch, or one
+            per image (then an image's output does not depend on its batch mates). Draws are
+            made on the generator's device and moved to `x.device`. None uses torch's global RNG.
+        mapmm: apply the dispatcher's global min-max rescale before and after (default, as
+            MATLAB); off, the distortion sees `x` as is and the result is clipped to [0, 1].
+
+    Returns:
+        A tensor of x's shape, dtype and device, in [0, 1]. CPU-only types (6, 9) run on the CPU
+        and are moved back.
+    """
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
+    spec = _check(int(dist_type), int(level))
+    return _run(x, spec, [int(level)] * x.shape[0], generator, mapmm)
+
+
+def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, generator: Generators = None,
+                  *, mapmm: bool = True) -> torch.Tensor:
+    """Apply a (type, level) per image; each type present runs once on its images.
+
+    Args:
+        x: (B, 3, H, W) float images in [0, 1].
+        types: (B,) 1-based type numbers.
+        levels: (B,) 1-based levels.
+        generator: as in `distort`; a single generator is drawn from type by type in
+            increasing type order, a list gives each image its own.
+        mapmm: as in `distort`.
+
+    Returns:
+        The distorted batch (x's shape, dtype and device).
+    """
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
+    t_list = [int(t) for t in torch.as_tensor(types).flatten().tolist()]
+    l_list = [int(v) for v in torch.as_tensor(levels).flatten().tolist()]
+    if len(t_list) != x.shape[0] or len(l_list) != x.shape[0]:
+        raise ValueError("types and levels need one entry per image")
+    for t, lv in zip(t_list, l_list):
+        _check(t, lv)
+    out = torch.empty_like(x)
+    for t in sorted(set(t_list)):
+        idx = [i for i, u in enumerate(t_list) if u == t]
+        sub = _run(x[idx], TYPES[t], [l_list[i] for i in idx], _random.subset(generator, idx), mapmm)
+        out[torch.as_tensor(idx, device=x.device)] = sub
+    return out

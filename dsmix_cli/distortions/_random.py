@@ -1,0 +1,64 @@
+"""Random draws for the distortions: only from explicit `torch.Generator`s.
+
+A draw is made on the generator's device and then moved to the batch's device, so the same
+generator state gives the same numbers whatever device the images are on. A *list* of
+generators (one per sample) draws each sample's numbers from its own generator: then a sample's
+output does not depend on which other samples share its batch (what `dsmix synthesize` uses,
+so a resumed run writes exactly what an uninterrupted one would have).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+Gen = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def _device_of(gen: torch.Generator | None, fallback: torch.device) -> torch.device:
+    return gen.device if gen is not None else fallback
+
+
+def _draw(kind: str, gen: Gen, batch: int, shape: tuple[int, ...], device: torch.device,
+          dtype: torch.dtype, low: int = 0, high: int = 2) -> torch.Tensor:
+    def one(g: torch.Generator | None, n: int) -> torch.Tensor:
+        dev = _device_of(g, device)
+        size = (n, *shape)
+        if kind == "rand":
+            t = torch.rand(size, generator=g, device=dev, dtype=dtype)
+        elif kind == "randn":
+            t = torch.randn(size, generator=g, device=dev, dtype=dtype)
+        else:
+            t = torch.randint(low, high, size, generator=g, device=dev)
+        return t.to(device)
+
+    if gen is None or isinstance(gen, torch.Generator):
+        return one(gen, batch)
+    gens = list(gen)
+    if len(gens) != batch:
+        raise ValueError(f"{len(gens)} generators for a batch of {batch}")
+    return torch.cat([one(g, 1) for g in gens], dim=0)
+
+
+def rand(gen: Gen, batch: int, *shape: int, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """Uniform [0, 1) numbers of shape (batch, *shape) on `device`."""
+    return _draw("rand", gen, batch, tuple(shape), device, dtype)
+
+
+def randn(gen: Gen, batch: int, *shape: int, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal numbers of shape (batch, *shape) on `device`."""
+    return _draw("randn", gen, batch, tuple(shape), device, dtype)
+
+
+def randint(gen: Gen, batch: int, low: int, high: int, *shape: int, device: torch.device) -> torch.Tensor:
+    """Integers in [low, high) of shape (batch, *shape) on `device`."""
+    return _draw("randint", gen, batch, tuple(shape), device, torch.int64, low, high)
+
+
+def subset(gen: Gen, index: Sequence[int]) -> Gen:
+    """The generators of a subset of the batch (a single generator is shared)."""
+    if gen is None or isinstance(gen, torch.Generator):
+        return gen
+    gens = list(gen)
+    return [gens[i] for i in index]
