@@ -1,0 +1,109 @@
+"""`dsmix qep`: quality-encoder pre-training with DSMix and semantic distillation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dsmix_cli import report
+from dsmix_cli.cli.common import (AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt, WorkersOpt,
+                                  default_run_dir, handle_errors, parse_int_list)
+
+
+def qep(
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="Pre-generated pairs: a `dsmix synthesize` folder, KADID-10k or KADIS-700k.")] = None,
+    refs: Annotated[Optional[Path], typer.Option(
+        "--refs", help="Reference images, distorted during training (with --on-the-fly).")] = None,
+    on_the_fly: Annotated[bool, typer.Option(
+        "--on-the-fly", help="Distort the --refs crops on the training device, type and level uniform.")] = False,
+    epoch_size: Annotated[Optional[int], typer.Option(
+        "--epoch-size", help="On the fly: samples per epoch (default: the number of references).")] = None,
+    types: Annotated[str, typer.Option("--types", help="On the fly: distortion types to draw from.")] = "1-25",
+    levels: Annotated[str, typer.Option("--levels", help="On the fly: levels to draw from.")] = "1-5",
+    dsm_source: Annotated[str, typer.Option(
+        "--dsm-source", help="DSMs for the label weights: model (the frozen DSM network, the paper's choice), "
+                             "gt (from the pair) or maps (make-gt-dsm output).")] = "model",
+    dsm_model: Annotated[Optional[str], typer.Option(
+        "--dsm-model", help="A pretrain-dsm run (default: the last finished one, or $DSMIX_DSM_MODEL).")] = None,
+    dsm_maps: Annotated[Optional[Path], typer.Option("--dsm-maps", help="make-gt-dsm maps, with --dsm-source maps.")] = None,
+    dsm_pool: Annotated[int, typer.Option("--dsm-pool", help="GT DSM pooling size p.")] = 8,
+    arch: Annotated[str, typer.Option("--arch", help="Student: resnet18, resnet34, resnet50, ...")] = "resnet50",
+    teacher: Annotated[Optional[str], typer.Option(
+        "--teacher", help="Frozen KD teacher architecture (default: the student's).")] = None,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained/--no-pretrained", help="ImageNet-V1 student and teacher (--no-pretrained: random both).")] = True,
+    student_weights: Annotated[Optional[str], typer.Option(
+        "--student-weights", help="Local torchvision-format ImageNet weights for the student.")] = None,
+    teacher_weights: Annotated[Optional[str], typer.Option(
+        "--teacher-weights", help="Local torchvision-format weights for the teacher.")] = None,
+    mix: Annotated[int, typer.Option("--mix", help="Images per DSMix sample (1 = no mixing).")] = 3,
+    paste_prob: Annotated[float, typer.Option("--paste-prob", help="Probability of each paste.")] = 1.0,
+    label_mode: Annotated[str, typer.Option(
+        "--label-mode", help="normalized (default), absolute, area (plain CutMix) or one-sided (--mix 2).")] = "normalized",
+    joint_head: Annotated[bool, typer.Option("--joint-head", help="Add the 126-way joint head.")] = False,
+    head_hidden: Annotated[int, typer.Option("--head-hidden", help="Hidden width of the MLP heads.")] = 1024,
+    kd_alpha: Annotated[float, typer.Option("--kd-alpha", help="Weight of the feature-MAE KD term.")] = 1.0,
+    kd_beta: Annotated[float, typer.Option("--kd-beta", help="Weight of the cosine-distance KD term.")] = 1.0,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs (defines the LR schedule).")] = 120,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Distorted crops per step (+ their references).")] = 110,
+    image_size: Annotated[int, typer.Option("--image-size", help="Crop size.")] = 224,
+    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate (x0.9 every 5 epochs).")] = 0.01,
+    lr_step_epochs: Annotated[int, typer.Option("--lr-step-epochs", help="Epochs between LR decays.")] = 5,
+    lr_gamma: Annotated[float, typer.Option("--lr-gamma", help="LR decay factor.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="SGD weight decay.")] = 1e-4,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
+    workers: WorkersOpt = min(4, os.cpu_count() or 1),
+    amp: AmpOpt = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    max_steps: MaxStepsOpt = None,
+    resume: ResumeOpt = False,
+    log_every: Annotated[int, typer.Option("--log-every", min=1, help="Steps between metrics.jsonl lines.")] = 10,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 500,
+    out: OutOpt = None,
+) -> None:
+    """Quality-encoder pre-training (QEP): DSMix + soft cross-entropy + semantic KD (METHOD.md 3-4).
+
+    Writes RUN/config.json, metrics.jsonl, last.pt/best.pt and RUN/encoder.safetensors (the
+    encoder `dsmix probe --encoder RUN` loads); a clean end makes RUN the default encoder.
+    """
+    from dsmix_cli.stages.qep import QEPConfig, run_qep
+
+    if resume and out is None:
+        from dsmix_cli.errors import DsmixError
+
+        raise DsmixError("--resume needs --out RUN (the run folder to continue)")
+    cfg = QEPConfig(
+        out=out or default_run_dir("qep"), data=data, refs=refs, on_the_fly=on_the_fly, epoch_size=epoch_size,
+        types=parse_int_list(types, 1, 25, "--types"), levels=parse_int_list(levels, 1, 5, "--levels"),
+        dsm_source=dsm_source, dsm_model=dsm_model, dsm_maps=dsm_maps, dsm_pool=dsm_pool, arch=arch,
+        teacher=teacher, pretrained=pretrained, student_weights=student_weights, teacher_weights=teacher_weights,
+        mix=mix, paste_prob=paste_prob, label_mode=label_mode, joint_head=joint_head, head_hidden=head_hidden,
+        kd_alpha=kd_alpha, kd_beta=kd_beta, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
+        lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, weight_decay=weight_decay, flip=flip, workers=workers,
+        amp=amp, channels_last=channels_last, seed=seed, device=device, max_steps=max_steps, resume=resume,
+        log_every=log_every, checkpoint_every=checkpoint_every)
+    bars: list = []
+
+    def on_progress(p: dict) -> None:
+        if not bars:  # the total is known once the run has counted its data
+            bars.append(report.progress("qep", total=p["total"], unit="step").__enter__())
+        bars[0].update(p["step"], loss=p["loss"], lr=p["lr"])
+
+    try:
+        result = run_qep(cfg, info=report.info, on_progress=on_progress)
+    finally:
+        if bars:
+            bars[0].__exit__(None, None, None)
+    loss = "n/a" if result["last_loss"] is None else f"{result['last_loss']:.4f}"
+    report.info(f"qep: stopped at step {result['step']} (loss {loss}); encoder {result['encoder']} "
+                f"is now the default encoder")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("qep")(handle_errors(qep))

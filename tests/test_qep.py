@@ -1,0 +1,222 @@
+"""`dsmix qep`: the acceptance run, data modes, DSM sources, resume, the training step's wiring, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dsmix_cli.cli import app
+from dsmix_cli.engine.checkpoint import load_weights
+from dsmix_cli.imageio import save_image_atomic
+from dsmix_cli.models.resnet import build_resnet, input_stats
+
+runner = CliRunner()
+TINY = ["--arch", "resnet18", "--teacher", "resnet18", "--no-pretrained", "--image-size", "32",
+        "--batch-size", "2", "--device", "cpu", "--workers", "0", "--log-every", "1"]
+
+
+def _image(seed: int, size: int = 80) -> torch.Tensor:
+    """A procedural RGB image: smooth gradients plus a few rectangles."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    c = torch.rand(3, 3, generator=g)
+    img = torch.stack([c[i, 0] * yy + c[i, 1] * xx + c[i, 2] * 0.3 for i in range(3)]).clamp(0, 1)
+    for _ in range(3):
+        y, x = torch.randint(0, size - 16, (2,), generator=g).tolist()
+        img[:, y:y + 16, x:x + 16] = torch.rand(3, 1, 1, generator=g)
+    return img
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSMIX_HOME", str(tmp_path / "home"))
+    for var in ("DSMIX_DSM_MODEL", "DSMIX_ENCODER", "DSMIX_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def refs(tmp_path):
+    folder = tmp_path / "refs"
+    for i in range(6):
+        save_image_atomic(_image(i), folder / f"r{i}.png")
+    return folder
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    """A `dsmix synthesize`-style folder: dist_imgs.csv + noisy/darkened copies of references."""
+    root = tmp_path / "pairs"
+    rows = []
+    for i in range(4):
+        ref = _image(10 + i)
+        save_image_atomic(ref, root / "ref" / f"r{i}.png")
+        for t, lv in ((11, 1 + i % 5), (17, 5 - i % 5)):
+            g = torch.Generator().manual_seed(100 * i + t)
+            dist = (ref + 0.05 * lv * torch.randn(ref.shape, generator=g)) if t == 11 else ref * (1 - 0.1 * lv)
+            name = f"dist/r{i}_{t:02d}_{lv:02d}.png"
+            save_image_atomic(dist.clamp(0, 1), root / name)
+            rows.append({"dist_img": name, "ref_img": f"ref/r{i}.png", "type": t, "level": lv})
+    with (root / "dist_imgs.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["dist_img", "ref_img", "type", "level"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _invoke(args: list[str]):
+    res = runner.invoke(app, ["qep", *args])
+    return res
+
+
+def test_acceptance_on_the_fly_gt(refs, tmp_path):
+    run = tmp_path / "run"
+    res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), "--arch",
+                   "resnet18", "--teacher", "resnet18", "--no-pretrained", "--image-size", "64", "--batch-size",
+                   "8", "--max-steps", "8", "--device", "cpu", "--seed", "1", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert "RANDOM weights" in res.output  # the random teacher is announced
+    last = _log(run)[-1]
+    assert last["step"] == 8 and math.isfinite(last["loss"])
+    for key in ("ce_dist", "ce_ref", "ce_type", "ce_level", "kd_fr", "kd_cosd"):
+        assert math.isfinite(last[key]), key
+    # loss = (ce_dist + ce_ref) / 2 + alpha fr + beta cosd
+    assert last["loss"] == pytest.approx((last["ce_dist"] + last["ce_ref"]) / 2 + last["kd_fr"] + last["kd_cosd"],
+                                         rel=1e-4)
+    state, meta = load_weights(run / "encoder.safetensors", kind="qep-encoder")
+    assert set(state) == set(build_resnet("resnet18").state_dict())
+    assert meta["arch"] == "resnet18" and meta["image_size"] == 64
+    assert meta["input_mean"] == pytest.approx(list(input_stats("resnet18")[0]))
+    config = json.loads((run / "config.json").read_text())
+    assert config["label_mode"] == "normalized" and config["mix"] == 3 and config["dsm_source"] == "gt"
+    assert config["teacher"] == "resnet18" and config["method"]["kd_stages"] == ["layer1", "layer2", "layer3",
+                                                                                  "layer4"]
+    home = json.loads((tmp_path / "home" / "defaults.json").read_text())
+    assert home["encoder"] == str(run.resolve())
+
+
+def test_pairs_ablation_flags_and_exact_resume(pairs, tmp_path):
+    common = ["--data", str(pairs), "--dsm-source", "gt", "--mix", "2", "--label-mode", "area", "--joint-head",
+              "--kd-alpha", "0", "--kd-beta", "0", *TINY]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _invoke([*common, "--out", str(a), "--max-steps", "3"]).exit_code == 0
+    res = _invoke([*common, "--out", str(b), "--max-steps", "2"])
+    assert res.exit_code == 0, res.output
+    res = _invoke([*common, "--out", str(b), "--max-steps", "3", "--resume"])
+    assert res.exit_code == 0, res.output
+    la, lb = _log(a), _log(b)
+    assert [r["step"] for r in lb] == [1, 2, 3]
+    assert la[-1]["loss"] == lb[-1]["loss"]
+    assert "kd_fr" not in la[-1] and math.isfinite(la[-1]["ce_joint"])
+    # a resume with different model settings is refused
+    res = _invoke([*common[:-len(TINY)], *TINY, "--out", str(b), "--max-steps", "5", "--resume", "--mix", "3"])
+    assert res.exit_code == 2 and "mix was 2" in res.output
+
+
+def test_dsm_from_maps_and_from_the_default_model(pairs, tmp_path):
+    from dsmix_cli.data.pairs import load_pairs
+    from dsmix_cli.defaults import record_default
+    from dsmix_cli.dsm.gt import dsm_map_path, gt_dsm
+    from dsmix_cli.dsm.network import WEIGHTS_FILE, build_dsm_net
+    from dsmix_cli.engine.checkpoint import export_weights
+    from dsmix_cli.fileio import save_npy
+    from dsmix_cli.imageio import load_rgb_tensor
+
+    maps = tmp_path / "maps"
+    for p in load_pairs(pairs):
+        save_npy(dsm_map_path(maps, p.dist), gt_dsm(load_rgb_tensor(p.dist), load_rgb_tensor(p.ref)).numpy())
+    run = tmp_path / "m"
+    res = _invoke(["--data", str(pairs), "--dsm-source", "maps", "--dsm-maps", str(maps), "--out", str(run),
+                   "--max-steps", "2", *TINY])
+    assert res.exit_code == 0, res.output
+    assert math.isfinite(_log(run)[-1]["loss"])
+
+    # --dsm-source model without --dsm-model: the recorded pretrain-dsm run, named in the output
+    dsm_run = tmp_path / "dsm"
+    net = build_dsm_net("vit_tiny_patch16_224", 32, pretrained=False, patch_size=8, depth=1, embed_dim=32,
+                        num_heads=2)
+    export_weights(dsm_run / WEIGHTS_FILE, net.state_dict(), {**net.meta(), "step": 1, "config": {}})
+    res = _invoke(["--data", str(pairs), "--out", str(tmp_path / "q"), "--max-steps", "1", *TINY])
+    assert res.exit_code == 2 and "pretrain-dsm" in res.output
+    record_default("dsm_model", dsm_run)
+    res = _invoke(["--data", str(pairs), "--out", str(tmp_path / "q"), "--max-steps", "1", *TINY])
+    assert res.exit_code == 0, res.output
+    assert f"DSM model: {dsm_run.resolve()} (recorded)" in res.output.replace("\n", "")
+
+
+def test_training_step_targets_reach_the_right_rows():
+    """With --mix 1 the distorted rows are scored against their own type/level, the references
+    against class 0: checked against numpy on fixed logits."""
+    from dsmix_cli.stages.qep import QEPConfig, make_training_step
+
+    g = torch.Generator().manual_seed(0)
+    fixed = {"type": torch.randn(6, 26, generator=g), "level": torch.randn(6, 6, generator=g)}
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, return_stages=False):
+            assert x.shape[0] == 6
+            return {k: v + self.w for k, v in fixed.items()}, [x]
+
+    cfg = QEPConfig(out=Path("unused"), mix=1, kd_alpha=0, kd_beta=0, arch="resnet18")
+    step = make_training_step(cfg, torch.device("cpu"), lambda d, r, b: gt_like(d), teacher=None)
+    batch = {"dist": torch.zeros(3, 3, 16, 16, dtype=torch.uint8), "ref": torch.zeros(3, 3, 16, 16, dtype=torch.uint8),
+             "type": torch.tensor([4, 9, 25]), "level": torch.tensor([1, 5, 3])}
+    out = step(Stub(), batch, torch.Generator().manual_seed(1), 0)
+
+    def ce(z, labels):
+        z = z.numpy().astype(np.float64)
+        lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return -np.mean([lp[i, c] for i, c in enumerate(labels)])
+
+    want_dist = ce(fixed["type"][:3], [4, 9, 25]) + ce(fixed["level"][:3], [1, 5, 3])
+    want_ref = ce(fixed["type"][3:], [0, 0, 0]) + ce(fixed["level"][3:], [0, 0, 0])
+    assert out.parts["ce_dist"].item() == pytest.approx(want_dist, rel=1e-5)
+    assert out.parts["ce_ref"].item() == pytest.approx(want_ref, rel=1e-5)
+    assert out.loss.item() == pytest.approx((want_dist + want_ref) / 2, rel=1e-5)
+
+
+def gt_like(d):
+    return torch.ones(d.shape[0], 2, 2)
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "either --data"),
+    (["--refs", "REFS"], "--on-the-fly"),
+    (["--refs", "REFS", "--on-the-fly", "--label-mode", "one-sided"], "--mix 2"),
+    (["--refs", "REFS", "--on-the-fly", "--label-mode", "cutmix"], "label-mode"),
+    (["--refs", "REFS", "--on-the-fly", "--teacher", "resnet34"], "same architecture"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "maps"], "--dsm-maps"),
+    (["--refs", "REFS", "--on-the-fly", "--image-size", "60"], "multiple"),
+    (["--refs", "EMPTY", "--on-the-fly", "--dsm-source", "gt"], "no image files"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--epoch-size", "1"], "fewer than one batch"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--types", "26"], "out of range"),
+])
+def test_bad_options_exit_2_with_a_clear_message(args, message, refs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("REFS", str(refs)).replace("EMPTY", str(tmp_path / "empty")) for a in args]
+    res = _invoke([*TINY, *args, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    assert message in res.output.replace("\n", " ")
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_existing_run_is_not_overwritten(refs, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), *TINY])
+    assert res.exit_code == 2 and "--resume" in res.output
