@@ -46,12 +46,12 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     """A warning on stderr."""
-    err_console.print(f"warning: {message}", markup=False, style="yellow")
+    err_console.print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
 
 def error(message: str) -> None:
     """An error line on stderr."""
-    err_console.print(f"error: {message}", markup=False, style="bold red")
+    err_console.print(f"error: {message}", markup=False, style="bold red", soft_wrap=True)
 
 
 def _fmt(value: Any) -> str:
