@@ -59,3 +59,43 @@ def test_two_rank_torchrun_run_keeps_ranks_identical(tmp_path):
         assert [r[key] for r in recs if key in r] == pytest.approx([r[key] for r in ref if key in r], rel=1e-3)
     exported = load_file(str(run / "dsm.safetensors"))
     assert all(torch.equal(exported[k], w0[k]) for k in w0)
+
+
+def test_two_rank_qep_keeps_ranks_identical(tmp_path):
+    """QEP under torchrun: the global batch of 4 is split 2 + 2 and the ranks end with identical
+    weights. (DSMix partners are drawn within each rank's share, so the losses are not expected
+    to equal a single-process run's.)"""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    from dsmix_cli.imageio import save_image_atomic
+
+    refs = tmp_path / "refs"
+    g = torch.Generator().manual_seed(0)
+    for i in range(8):
+        save_image_atomic(torch.rand(3, 40, 40, generator=g), refs / f"r{i}.png")
+    run, dump = tmp_path / "R", tmp_path / "dump"
+    env = {**os.environ, "DSMIX_HOME": str(tmp_path / "home"), "DSMIX_DUMP_RANK_WEIGHTS": str(dump),
+           "OMP_NUM_THREADS": "1"}
+    args = ["qep", "--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--arch", "resnet18", "--teacher",
+            "resnet18", "--no-pretrained", "--image-size", "32", "--batch-size", "4", "--types", "1,11,18",
+            "--device", "cpu", "--seed", "2", "--workers", "0", "--max-steps", "3", "--log-every", "1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dsmix_cli", *args, "--out", str(run)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    w0, w1 = load_file(str(dump / "rank0.safetensors")), load_file(str(dump / "rank1.safetensors"))
+    assert w0.keys() == w1.keys()
+    # Parameters (all-reduced gradients) are identical. BatchNorm running statistics are
+    # rank-local on CPU (no SyncBatchNorm kernel there); DDP re-broadcasts rank 0's, which are
+    # the ones saved.
+    for k in w0:
+        if "running_" in k or "num_batches_tracked" in k:
+            continue
+        assert torch.equal(w0[k], w1[k]), k
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["per_rank_batch"] == 2
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert len(losses) == 3 and all(map(lambda v: v == v and abs(v) < 1e6, losses))
+    encoder = load_file(str(run / "encoder.safetensors"))
+    assert all(torch.equal(encoder[k], w0["backbone." + k]) for k in encoder)

@@ -49,7 +49,7 @@ def qep(
     kd_alpha: Annotated[float, typer.Option("--kd-alpha", help="Weight of the feature-MAE KD term.")] = 1.0,
     kd_beta: Annotated[float, typer.Option("--kd-beta", help="Weight of the cosine-distance KD term.")] = 1.0,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs (defines the LR schedule).")] = 120,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Distorted crops per step (+ their references).")] = 110,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Distorted crops per step over all processes (+ their references).")] = 110,
     image_size: Annotated[int, typer.Option("--image-size", help="Crop size.")] = 224,
     lr: Annotated[float, typer.Option("--lr", help="SGD learning rate (x0.9 every 5 epochs).")] = 0.01,
     lr_step_epochs: Annotated[int, typer.Option("--lr-step-epochs", help="Epochs between LR decays.")] = 5,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,12 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from dsmix_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from dsmix_cli.engine.checkpoint import export_weights, load_checkpoint, save_checkpoint
 from dsmix_cli.engine.runtime import DistInfo, all_reduce_mean, autocast, barrier, derive_seed, generator
 from dsmix_cli.errors import CheckpointError, TrainingError
+
+# Set to a folder to make every rank export its final weights there (rank<N>.safetensors).
+DUMP_ENV = "DSMIX_DUMP_RANK_WEIGHTS"
 
 
 @dataclass
@@ -50,6 +54,7 @@ class LoopConfig:
     log_every: int = 1
     checkpoint_every: int = 500
     grad_clip: float | None = None
+    sync_bn: bool = True  # under DDP on CUDA, BatchNorm statistics over the global batch
 
     @property
     def total_steps(self) -> int:
@@ -159,6 +164,11 @@ def fit(
 
     train_model: nn.Module = model
     if dist_info.enabled:
+        if loop.sync_bn and device.type == "cuda":
+            # SyncBatchNorm keeps the same Parameter objects, so the optimizer is unaffected. It
+            # has no CPU kernel: on CPU (gloo) each rank normalises its own share, and DDP
+            # broadcasts rank 0's running statistics at every forward.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device_ids = [device.index] if device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
@@ -248,5 +258,9 @@ def fit(
                 break
     if step > 0 and not best_path.exists():
         checkpoint(best_path, step)  # stopped before any epoch end: best is the last state
+    dump = os.environ.get(DUMP_ENV)
+    if dump:  # testing hook: every rank writes its final weights, to check DDP keeps them identical
+        export_weights(Path(dump) / f"rank{dist_info.rank}.safetensors", _unwrap(train_model).state_dict(),
+                       {"kind": "rank-dump", "rank": dist_info.rank, "step": step})
     barrier(dist_info)
     return FitResult(step=step, finished=step >= loop.total_steps, last_loss=last_loss, best_metric=best_metric)

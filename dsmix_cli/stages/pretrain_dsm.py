@@ -12,7 +12,6 @@ written at each epoch end. Under `torchrun` every rank trains a shard (DDP); ran
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,7 +38,6 @@ KIND = "pretrain-dsm"
 PREVIEW_FILE = "dsm_preview.png"
 # Set to a folder to make every rank write its final weights there as rank<R>.safetensors
 # (used by the DDP test to check that the ranks agree).
-DUMP_ENV = "DSMIX_DUMP_RANK_WEIGHTS"
 
 # The METHOD.md [P]/[P?]/[R] choices this stage makes, recorded in config.json and checkpoints.
 METHOD_CHOICES = {
@@ -300,10 +298,6 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
                  resume=cfg.resume, validate=validate,
                  best_key="val_mse" if len(val_ds) else None, on_progress=on_progress, on_save=on_save)
 
-    dump = os.environ.get(DUMP_ENV)
-    if dump:
-        export_weights(Path(dump) / f"rank{dist_info.rank}.safetensors", model.state_dict(),
-                       {"kind": "rank-dump", "rank": dist_info.rank, "step": result.step})
     if dist_info.is_main:
         state["step"] = result.step
         if len(preview_ds):

@@ -338,17 +338,24 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
         ref_paths = list_references(Path(cfg.refs))
         epoch_size = cfg.epoch_size
         if epoch_size is None:  # one pass over the references, but at least one full batch
-            epoch_size = max(len(ref_paths), cfg.batch_size * dist_info.world_size)
+            epoch_size = max(len(ref_paths), cfg.batch_size)
             if epoch_size > len(ref_paths):
                 info(f"only {len(ref_paths)} references: an epoch is one batch of {epoch_size} crops")
         dataset: Dataset = ReferenceCropDataset(ref_paths, cfg.image_size, cfg.seed, flip=cfg.flip,
                                                 epoch_size=epoch_size)
     else:
         dataset = _pair_dataset(cfg)
-    spe = steps_per_epoch(len(dataset), cfg.batch_size, dist_info.world_size)
+    # --batch-size is the global batch (as in pretrain-dsm): under torchrun each of the N
+    # processes takes batch/N, so the schedule and the samples per step do not depend on N.
+    world = dist_info.world_size
+    if cfg.batch_size % world or cfg.batch_size // world < 2:
+        raise DsmixError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world} "
+                         f"processes of this run, with at least 2 samples per process")
+    per_rank = cfg.batch_size // world
+    spe = steps_per_epoch(len(dataset), per_rank, world)
     if spe < 1:
-        raise DsmixError(f"{len(dataset)} training samples are fewer than one batch of {cfg.batch_size} "
-                         f"(x {dist_info.world_size} processes): lower --batch-size or add data")
+        raise DsmixError(f"{len(dataset)} training samples are fewer than one batch of {cfg.batch_size}: "
+                         f"lower --batch-size or add data")
     saved = load_checkpoint(out / "last.pt", kind=KIND)["config"] if cfg.resume else {}
     if cfg.dsm_source == "model" and cfg.dsm_model is None and saved.get("dsm_model_resolved"):
         cfg = replace(cfg, dsm_model=saved["dsm_model_resolved"])  # a resumed run keeps its DSM network
@@ -356,7 +363,7 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
 
     config = cfg.to_dict()
     config.update(dsm_model_resolved=dsm_model, steps_per_epoch=spe, total_steps=spe * cfg.epochs, amp=amp,
-                  world_size=dist_info.world_size)
+                  world_size=world, per_rank_batch=per_rank)
     if cfg.resume:
         _check_resume_config(config, saved, out)
 
@@ -378,7 +385,8 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                fused=device.type == "cuda" or None)  # fused kernels on CUDA
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, schedules.step_decay(spe, every_epochs=cfg.lr_step_epochs, gamma=cfg.lr_gamma))
     if dist_info.is_main:
@@ -388,7 +396,7 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
          f"({cfg.epochs} epochs); device {device}, amp {amp}; run {out}")
 
     def batches(epoch: int, skip: int):
-        return epoch_loader(dataset, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, skip_batches=skip,
+        return epoch_loader(dataset, batch_size=per_rank, seed=cfg.seed, epoch=epoch, skip_batches=skip,
                             workers=cfg.workers, dist_info=dist_info, pin_memory=device.type == "cuda")
 
     def on_save(m: QualityEncoderNet, step: int) -> None:
