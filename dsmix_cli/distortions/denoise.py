@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsmix_cli.engine.checkpoint import load_state_dict_file
 from dsmix_cli.errors import CheckpointError
 
 _STATE: dict = {"path": None, "state": None, "nets": {}}
@@ -73,22 +74,7 @@ class DnCNN(nn.Module):
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError("DnCNN checkpoint not found", path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a state dict we can use"
-        raise CheckpointError(f"not a readable DnCNN state dict ({type(exc).__name__}: {exc})", path) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError("expected a state dict of tensors", path)
-    return state
+    return load_state_dict_file(path, "DnCNN")
 
 
 def _weights_from_state(state: dict[str, torch.Tensor], path: Path) -> list:

@@ -91,6 +91,32 @@ def load_weights(path: str | Path, kind: str | None = None) -> tuple[dict[str, t
     return tensors, meta
 
 
+def load_state_dict_file(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """Read a plain state dict from a `.safetensors` file or a `.pth`/`.pt` file (with
+    `weights_only=True`); a `{"state_dict": ...}` wrapper is unwrapped.
+
+    Raises:
+        CheckpointError: missing file, unreadable file, or not a dict of tensors; names `what`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} file not found", path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a state dict we can use"
+        raise CheckpointError(f"not a readable {what} state dict ({type(exc).__name__}: {exc})", path) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"expected a {what} state dict of tensors", path)
+    return state
+
+
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: str | Path) -> None:
     """Load weights asserting the exact expected keys; a mismatch names what is missing/extra."""
     result = module.load_state_dict(state_dict, strict=False)

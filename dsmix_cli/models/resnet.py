@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
+from dsmix_cli.engine.checkpoint import load_state_dict_file
 from dsmix_cli.errors import CheckpointError, DsmixError
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -74,21 +75,7 @@ def _stage_out_channels(layer: nn.Sequential) -> int:
 def _load_pretrained_state(arch: str, pretrained: bool | str | Path) -> dict[str, torch.Tensor]:
     """ImageNet weights from torchvision (download or cache), or from a local file."""
     if isinstance(pretrained, (str, Path)) and str(pretrained) not in ("True", "true", "imagenet"):
-        path = Path(pretrained)
-        if not path.is_file():
-            raise CheckpointError("pretrained weights file not found", path)
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"cannot read weights ({exc})", path) from None
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        return state
+        return load_state_dict_file(pretrained, f"{arch} weights")
     weights = imagenet_weights(arch)
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
