@@ -18,8 +18,9 @@ The numbers are toy-scale: they show that the stages fit together, not what the 
 
 Defaults: the stages record their runs as defaults (CLI.md, the chain of defaults). The demo
 points `$DSMIX_HOME` at `OUT/home` while it runs and clears `$DSMIX_DSM_MODEL`, `$DSMIX_ENCODER`
-and `$DSMIX_MODEL`, so the user's own recorded defaults are never touched; only with
-`record_default=True` does it record its probed model as the user's default model afterwards.
+and `$DSMIX_MODEL`, so the user's own recorded DSM model and encoder are never touched. With `record_default=True`
+(the CLI's default, as CLI.md says: `dsmix score` uses the model of the last `probe` or `demo`)
+it records its probed model as the user's default model afterwards.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def is_quiet() -> bool:
 def info(message: str) -> None:
     """An informational line on stdout (suppressed by --quiet)."""
     if not _state["quiet"]:
-        console.print(message, markup=False)
+        console.print(message, markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dsmix_cli.cli import app
-from dsmix_cli.defaults import record_default, resolve_default
+from dsmix_cli.defaults import record_default
 from dsmix_cli.demo import demo_images
 
 ASSETS = Path(__file__).resolve().parents[1] / "dsmix_cli" / "assets" / "demo"
@@ -36,7 +36,8 @@ def test_demo_runs_end_to_end_without_touching_user_defaults(tmp_path, monkeypat
     monkeypatch.delenv("DSMIX_MODEL", raising=False)
     (tmp_path / "mine").mkdir()
     record_default("model", tmp_path / "mine")
-    before = (home / "defaults.json").read_text()
+    record_default("encoder", tmp_path / "mine")
+    before = json.loads((home / "defaults.json").read_text())
 
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
@@ -48,12 +49,31 @@ def test_demo_runs_end_to_end_without_touching_user_defaults(tmp_path, monkeypat
         assert (tmp_path / "demo" / name).is_dir()
     assert (tmp_path / "demo" / "qep" / "encoder.safetensors").is_file()
     assert out["probe"]["encoder"].endswith("qep/encoder.safetensors")
-    # the user's records and environment are as they were; the demo kept its own
-    assert (home / "defaults.json").read_text() == before
-    assert resolve_default("model", None).value == str((tmp_path / "mine").resolve())
+    # CLI.md: `dsmix score` uses the model of the last probe or demo run; the user's other records
+    # are as they were (the demo's DSM model and encoder stay in its own home)
+    after = json.loads((home / "defaults.json").read_text())
+    assert after["model"] == str((tmp_path / "demo" / "probe").resolve()) != before["model"]
+    assert after["encoder"] == before["encoder"] and "dsm_model" not in after
+    assert "default model of `dsmix score`" in res.stdout
     demo_records = json.loads((tmp_path / "demo" / "home" / "defaults.json").read_text())
     assert set(demo_records) == {"dsm_model", "encoder", "model"}
 
     # an existing, non-empty --out is refused before any work
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert res.exit_code == 2 and "new or empty folder" in res.stderr
+
+
+def test_demo_no_record_default_is_passed_to_the_engine(tmp_path, monkeypatch):
+    import dsmix_cli.demo as demo_mod
+
+    seen = {}
+
+    def fake_run_demo(cfg, on_info=None, on_progress=None):
+        seen["cfg"] = cfg
+        from dsmix_cli.errors import DsmixError
+
+        raise DsmixError("stop here")
+
+    monkeypatch.setattr(demo_mod, "run_demo", fake_run_demo)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--no-record-default"])
+    assert res.exit_code == 2 and seen["cfg"].record_default is False

@@ -298,7 +298,9 @@ def demo(
         "--out", help="Folder of the demo's runs (default: a new runs/demo/<timestamp>).")] = None,
     device: DeviceOpt = "cpu",
     record: Annotated[bool, typer.Option(
-        "--record-default", help="Also make the demo's model your default model for `dsmix score`.")] = False,
+        "--record-default/--no-record-default",
+        help="Make the demo's (toy) model the default model of `dsmix score` (CLI.md); the demo's other "
+             "runs never become defaults.")] = True,
 ) -> None:
     """The whole pipeline at toy scale on images shipped with the package, on CPU, in minutes:
     synthesize, make-gt-dsm, pretrain-dsm, qep, probe, evaluate, score."""
@@ -310,6 +312,9 @@ def demo(
     print_probe_table(result["probe"])
     report.table("demo: evaluate and score", ["what", "value"], result["summary_rows"])
     report.warn(result["toy_notice"])
+    if record:
+        report.info(f"the demo's model {result['model']} is now the default model of `dsmix score` "
+                    f"(toy-scale; `dsmix probe` replaces it, `--no-record-default` keeps yours)")
 
 
 def register(app: typer.Typer) -> None:
