@@ -65,7 +65,8 @@ def _fmt(value: Any) -> str:
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]],
           footer: Sequence[Any] | None = None) -> None:
     """Print a table; floats get four decimals. `footer` is a highlighted last row (e.g. median)."""
-    t = Table(title=title, show_lines=False, title_justify="left")
+    # the table is at least as wide as its title, so the title never wraps
+    t = Table(title=title, show_lines=False, title_justify="left", min_width=len(title) if title else None)
     for i, col in enumerate(columns):
         t.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
@@ -118,6 +119,7 @@ class ProgressReporter:
         else:
             console.print(f"{self.description}: 0/{self.total if self.total is not None else '?'}",
                           markup=False)
+            self._last_plain = time.monotonic()  # the next plain line comes after the interval (or at the end)
         return self
 
     def _extra(self) -> str:
