@@ -114,3 +114,34 @@ def test_make_gt_dsm_float32_pool4_and_errors(tmp_path):
     assert res.exit_code == 2 and "--dtype" in res.output
     with pytest.raises(DatasetError, match="make-gt-dsm"):
         load_gt_map(tmp_path / "empty", pair)
+
+
+def test_make_gt_dsm_caches_the_dsm_networks_predicted_maps(tmp_path):
+    """--dsm-model writes the network's map of each whole image (cropped to whole patches), and
+    a maps folder never mixes ground-truth and predicted maps."""
+    from dsmix_cli.dsm.network import WEIGHTS_FILE, build_dsm_net
+    from dsmix_cli.engine.checkpoint import export_weights
+    from dsmix_cli.imageio import load_rgb_tensor
+
+    data = write_synth_folder(tmp_path / "D", n_refs=2, h=44, w=60)  # not multiples of the patch
+    torch.manual_seed(0)
+    net = build_dsm_net("vit_tiny_patch16_224", 32, pretrained=False, patch_size=8, depth=1, embed_dim=32,
+                        num_heads=2)
+    run = tmp_path / "dsm"
+    export_weights(run / WEIGHTS_FILE, net.state_dict(), {**net.meta(), "step": 1, "config": {}})
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(app, ["make-gt-dsm", "--data", str(data), "--out", str(out), "--dsm-model", str(run),
+                                   "--dtype", "float32", "--device", "cpu", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    net.eval()
+    for pair in load_pairs(data):
+        img = load_rgb_tensor(pair.dist)[:, :40, :56].float().div(255).unsqueeze(0)
+        with torch.no_grad():
+            expected = net(img)[0].clamp(min=0).numpy()
+        got = np.load(dsm_map_path(out, pair.dist))
+        assert got.shape == (5, 7)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert '"source": "model"' in (out / "maps.json").read_text()
+    # the same folder refuses ground-truth maps
+    res = CliRunner().invoke(app, ["make-gt-dsm", "--data", str(data), "--out", str(out), "--workers", "0"])
+    assert res.exit_code == 2 and "another kind" in res.output.replace("\n", " ")

@@ -28,14 +28,20 @@ def make_gt_dsm_command(
     dtype: Annotated[str, typer.Option("--dtype", help="float16 or float32.")] = "float16",
     workers: WorkersOpt = 2,
     skip_missing: SkipMissingOpt = False,
+    dsm_model: Annotated[Optional[Path], typer.Option(
+        "--dsm-model", help="Write this DSM network's predicted maps instead of the ground truth: a cache "
+                            "for `qep --dsm-source maps` (a pretrain-dsm run or its dsm.safetensors).")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Ground-truth DSMs: one map per distorted image, channel mean of |dist - ref| pooled by --pool.
 
-    Existing maps are kept, so a rerun resumes.
+    Existing maps are kept, so a rerun resumes. With --dsm-model, the DSM network's predicted
+    maps of the whole images instead (computed once, reused by `qep --dsm-source maps`).
     """
     from dsmix_cli.stages.make_gt_dsm import MakeGtConfig, make_gt_dsm
 
-    cfg = MakeGtConfig(data=data, out=out, pool=pool, dtype=dtype, workers=workers, skip_missing=skip_missing)
+    cfg = MakeGtConfig(data=data, out=out, pool=pool, dtype=dtype, workers=workers, skip_missing=skip_missing,
+                       dsm_model=dsm_model, device=device)
     with contextlib.ExitStack() as stack:
         bar: dict = {}
 

@@ -5,6 +5,11 @@ One map per distorted image at full resolution, `OUT/<distorted-stem>.npy`, shap
 leaves only whole maps and a rerun skips them (resume for free). Pre-training does not need
 these (it computes the ground truth on the fly from the shared crop); they serve
 `pretrain-dsm --gt-maps` and `qep --dsm-source maps`.
+
+With `dsm_model` the maps are instead the DSM network's predictions on each whole distorted
+image (clamped at 0, METHOD.md 3.1), cropped to whole patches: a cache that lets
+`qep --dsm-source maps` use the network's maps without running the ViT at every step. The
+folder's `maps.json` records which kind of map it holds, and a rerun refuses to mix kinds.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import json
+
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dsmix_cli.data.pairs import Pair, load_pairs
 from dsmix_cli.dsm.gt import dsm_map_path, gt_dsm, load_gt_map
 from dsmix_cli.errors import DatasetError, DsmixError
-from dsmix_cli.fileio import save_npy
+from dsmix_cli.fileio import save_npy, write_json
 from dsmix_cli.imageio import load_rgb_tensor
 
 __all__ = ["MakeGtConfig", "MakeGtResult", "make_gt_dsm", "dsm_map_path", "load_gt_map"]
@@ -38,6 +46,8 @@ class MakeGtConfig:
     dtype: str = "float16"
     workers: int = 0
     skip_missing: bool = False
+    dsm_model: Path | None = None  # write the DSM network's predicted maps instead of the GT
+    device: str = "cpu"  # where the DSM network runs
 
 
 @dataclass
@@ -92,6 +102,17 @@ def make_gt_dsm(cfg: MakeGtConfig, on_progress: Callable[[int, int], None] | Non
     if out.exists() and not out.is_dir():
         raise DsmixError("--out exists and is not a folder", out)
     out.mkdir(parents=True, exist_ok=True)
+    model, record = None, {"source": "gt", "pool": cfg.pool}
+    if cfg.dsm_model is not None:
+        from dsmix_cli.dsm.network import load_dsm_model
+        from dsmix_cli.engine.runtime import resolve_device
+
+        device = resolve_device(cfg.device)
+        model = load_dsm_model(cfg.dsm_model, device)
+        if model.patch_size != cfg.pool:
+            raise DsmixError(f"--pool {cfg.pool} differs from the DSM network's patch size {model.patch_size}")
+        record = {"source": "model", "pool": cfg.pool, "dsm_model": str(Path(cfg.dsm_model).resolve())}
+    _check_record(out, record)
     todo = [p for p in pairs if not dsm_map_path(out, p.dist).is_file()]
     done = len(pairs) - len(todo)
     if on_progress is not None:
@@ -100,9 +121,41 @@ def make_gt_dsm(cfg: MakeGtConfig, on_progress: Callable[[int, int], None] | Non
     dtype = DTYPES[cfg.dtype]
     written = 0
     for i, dist, ref in loader:
-        gt = gt_dsm(dist, ref, pool=cfg.pool)
-        save_npy(dsm_map_path(out, todo[i].dist), gt.numpy().astype(dtype))
+        if model is None:
+            dsm = gt_dsm(dist, ref, pool=cfg.pool)
+        else:
+            dsm = predicted_dsm(model, dist)
+        save_npy(dsm_map_path(out, todo[i].dist), dsm.numpy().astype(dtype))
         written += 1
         if on_progress is not None:
             on_progress(done + written, len(pairs))
     return MakeGtResult(out=out, total=len(pairs), written=written, skipped=done)
+
+
+def predicted_dsm(model, image: torch.Tensor) -> torch.Tensor:
+    """The DSM network's map of one whole uint8 (3, H, W) image, cropped to whole patches
+    (the same (H // p, W // p) grid as the ground truth); float32 on the CPU."""
+    p = model.patch_size
+    h, w = image.shape[-2] // p * p, image.shape[-1] // p * p
+    device = next(model.parameters()).device
+    x = image[:, :h, :w].to(device).float().div(255.0).unsqueeze(0)
+    with torch.no_grad():
+        return model.predict(x)[0].float().cpu()
+
+
+def _check_record(out: Path, record: dict) -> None:
+    """Write `maps.json`, or check that the maps already in `out` are of the same kind."""
+    path = out / "maps.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            raise DsmixError("unreadable maps.json; remove it or choose another --out", path) from None
+        if old != record:
+            raise DsmixError(f"holds maps of another kind ({old}); this run would write {record}: "
+                             f"choose another --out", path)
+        return
+    if any(out.glob("*.npy")):  # maps from before maps.json existed: assume ground truth
+        if record["source"] != "gt":
+            raise DsmixError("already holds ground-truth maps; choose another --out for predicted maps", out)
+    write_json(path, record)
