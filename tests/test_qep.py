@@ -220,3 +220,29 @@ def test_existing_run_is_not_overwritten(refs, tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), *TINY])
     assert res.exit_code == 2 and "--resume" in res.output
+
+
+def test_cpu_only_types_are_distorted_in_the_loader_workers(refs, tmp_path):
+    """On the fly, JPEG2000 and colour quantization (Pillow, CPU) are applied by the dataset, i.e.
+    in the loader workers; device-side types are left to the training step."""
+    from dsmix_cli.distortions import CPU_ONLY_TYPES
+    from dsmix_cli.stages.qep import ReferenceCropDataset, list_references
+
+    paths = list_references(refs)
+    ds = ReferenceCropDataset(paths, 32, seed=5, types=[6, 9, 11], levels=[5], cpu_types=CPU_ONLY_TYPES)
+    items = [ds[(0, i)] for i in range(len(ds))]
+    assert {it["type"] for it in items} <= {6, 9, 11} and all(it["level"] == 5 for it in items)
+    for it in items:
+        if it["type"] in CPU_ONLY_TYPES:
+            assert it["premade"] and it["dist"].dtype == torch.uint8 and it["dist"].shape == it["ref"].shape
+            assert not torch.equal(it["dist"], it["ref"])  # level 5 JPEG2000 / 8-colour quantization
+        else:
+            assert not it["premade"] and torch.equal(it["dist"], it["ref"])
+    again = ds[(0, 0)]
+    assert torch.equal(again["dist"], items[0]["dist"]) and again["type"] == items[0]["type"]
+    # a whole run with only CPU types, through loader workers
+    run = tmp_path / "cpu-types"
+    res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--types", "6,9", "--out", str(run),
+                   "--max-steps", "2", *[a if a != "0" else "1" for a in TINY]])
+    assert res.exit_code == 0, res.output
+    assert math.isfinite(_log(run)[-1]["loss"])

@@ -31,7 +31,7 @@ from dsmix_cli.engine.runtime import (generator, init_distributed, resolve_amp, 
                                       seed_everything)
 from dsmix_cli.errors import CheckpointError, DatasetError, DsmixError
 from dsmix_cli.fileio import write_json
-from dsmix_cli.imageio import is_image_file, load_rgb_tensor, to_float
+from dsmix_cli.imageio import is_image_file, load_rgb_tensor, to_float, to_uint8
 from dsmix_cli.models.heads import QualityEncoderNet
 from dsmix_cli.models.losses import kd_loss, soft_cross_entropy
 from dsmix_cli.models.resnet import RESNET_ARCHS, build_resnet, input_stats
@@ -109,6 +109,8 @@ class QEPConfig:
             "heads": "2048 -> hidden -> BN -> ReLU -> C on GAP(layer4)",
             "dsm_clamp": "max(DSM, 0), bilinear upsampling align_corners=False",
             "input_norm": "student and teacher: their own ImageNet mean/std; GT DSM from [0,1] pixels",
+            "on_the_fly": "type and level uniform per sample (drawn with its crop); JPEG2000 and colour "
+                          "quantization applied to the crop in the loader workers, the rest batched on the device",
         }
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
@@ -121,12 +123,21 @@ class ReferenceCropDataset(Dataset):
     Item i of an epoch is reference `i % len(paths)`; its crop and flip come from
     `generator(seed, "sample", epoch, i)`. An image smaller than the crop is first resized so
     that its shorter side equals the crop size.
+
+    With `types`/`levels` (on-the-fly QEP) each item also draws its distortion type and level,
+    uniformly, from the same generator. Types that only run on the CPU through Pillow
+    (`cpu_types`: JPEG2000 and colour quantization) are applied right here, in the data-loader
+    workers, so they never stall the training device; the item then carries the distorted
+    8-bit crop and `premade=True`. Every other type is applied batched on the training device
+    in the training step.
     """
 
     def __init__(self, paths: list[Path], crop_size: int, seed: int, flip: bool = True,
-                 epoch_size: int | None = None):
+                 epoch_size: int | None = None, types: list[int] | None = None,
+                 levels: list[int] | None = None, cpu_types: frozenset[int] = frozenset()):
         self.paths, self.crop, self.seed, self.flip = paths, crop_size, seed, flip
         self.size = epoch_size or len(paths)
+        self.types, self.levels, self.cpu_types = types, levels, cpu_types
 
     def __len__(self) -> int:
         return self.size
@@ -147,7 +158,19 @@ class ReferenceCropDataset(Dataset):
         img = img[:, top:top + self.crop, left:left + self.crop]
         if self.flip and bool(torch.rand(1, generator=g) < 0.5):
             img = img.flip(-1)
-        return {"ref": img.contiguous()}
+        item = {"ref": img.contiguous()}
+        if self.types is not None:
+            t = self.types[int(torch.randint(len(self.types), (1,), generator=g))]
+            lv = self.levels[int(torch.randint(len(self.levels), (1,), generator=g))]
+            premade = t in self.cpu_types
+            if premade:
+                from dsmix_cli.distortions import distort
+
+                dist = to_uint8(distort(to_float(item["ref"])[None], t, lv, generator=g)[0])
+            else:
+                dist = item["ref"]  # a placeholder: distorted on the device in the step
+            item.update(type=t, level=lv, premade=premade, dist=dist)
+        return item
 
 
 def list_references(folder: Path) -> list[Path]:
@@ -262,19 +285,19 @@ def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: to
     """The QEP step (METHOD.md 4, steps 1-7) as `fn(model, batch, gen, step) -> StepOutput`."""
     norm_s = _normalizer(cfg.arch, device)
     norm_t = _normalizer(cfg.teacher or cfg.arch, device)
-    types_pool = torch.tensor(cfg.types, dtype=torch.long)
-    levels_pool = torch.tensor(cfg.levels, dtype=torch.long)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     def step_fn(model, batch, gen, step) -> StepOutput:
         ref = to_float(batch["ref"].to(device, non_blocking=True))
         n = ref.shape[0]
         with torch.no_grad():
-            if cfg.on_the_fly:  # type and level uniform per sample, from the step's generator
-                types = types_pool[torch.randint(len(types_pool), (n,), generator=gen)].to(device)
-                levels = levels_pool[torch.randint(len(levels_pool), (n,), generator=gen)].to(device)
-                with torch.autocast(device.type, enabled=False):  # distortions in full precision
-                    dist = distort(ref, types, levels, generator=gen).float().clamp(0, 1)
+            if cfg.on_the_fly:  # type and level drawn per sample by the dataset (uniform)
+                types, levels = batch["type"].long().to(device), batch["level"].long().to(device)
+                dist = to_float(batch["dist"].to(device, non_blocking=True))
+                todo = (~batch["premade"].bool()).nonzero().flatten().to(device)
+                if len(todo):  # CPU-only types were distorted in the loader workers already
+                    with torch.autocast(device.type, enabled=False):  # distortions in full precision
+                        dist[todo] = distort(ref[todo], types[todo], levels[todo], generator=gen).float().clamp(0, 1)
             else:
                 dist = to_float(batch["dist"].to(device, non_blocking=True))
                 types, levels = batch["type"].long().to(device), batch["level"].long().to(device)
@@ -329,7 +352,7 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
 
     distort = None
     if cfg.on_the_fly:
-        from dsmix_cli.distortions import NUM_LEVELS, NUM_TYPES, distort_batch
+        from dsmix_cli.distortions import CPU_ONLY_TYPES, NUM_LEVELS, NUM_TYPES, distort_batch
 
         bad = [t for t in cfg.types if not 1 <= t <= NUM_TYPES] + [v for v in cfg.levels if not 1 <= v <= NUM_LEVELS]
         if bad:
@@ -342,7 +365,8 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
             if epoch_size > len(ref_paths):
                 info(f"only {len(ref_paths)} references: an epoch is one batch of {epoch_size} crops")
         dataset: Dataset = ReferenceCropDataset(ref_paths, cfg.image_size, cfg.seed, flip=cfg.flip,
-                                                epoch_size=epoch_size)
+                                                epoch_size=epoch_size, types=list(cfg.types),
+                                                levels=list(cfg.levels), cpu_types=CPU_ONLY_TYPES)
     else:
         dataset = _pair_dataset(cfg)
     # --batch-size is the global batch (as in pretrain-dsm): under torchrun each of the N
