@@ -94,3 +94,16 @@ def test_full_schedule_from_stored_maps_into_the_default_folder(data, tmp_path, 
     assert json.loads((run / "results.json").read_text())["finished"] is True
     assert load_dsm_model(run).decoder_name == "mlp"
     assert defaults.resolve_default("dsm_model", None).value == str(run.resolve())
+
+
+def test_compile_flag_compiles_the_dsm_network_in_place(data, tmp_path, monkeypatch):
+    """--compile calls nn.Module.compile() on the DSM network (in place: exported keys stay plain);
+    the compilation itself is recorded, not run (minutes on CPU)."""
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    run = tmp_path / "C"
+    res = _run("--data", str(data), "--out", str(run), *TINY, "--max-steps", "1", "--compile")
+    assert res.exit_code == 0, res.output
+    assert compiled == ["DSMNet"]
+    assert json.loads((run / "config.json").read_text())["compile"] is True
+    assert load_dsm_model(run) is not None  # the exported weights load into a plain module

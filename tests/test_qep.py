@@ -246,3 +246,19 @@ def test_cpu_only_types_are_distorted_in_the_loader_workers(refs, tmp_path):
                    "--max-steps", "2", *[a if a != "0" else "1" for a in TINY]])
     assert res.exit_code == 0, res.output
     assert math.isfinite(_log(run)[-1]["loss"])
+
+
+def test_compile_flag_compiles_the_student_in_place(refs, tmp_path, monkeypatch):
+    """--compile calls nn.Module.compile() on the trained model (in place, so checkpoint keys stay
+    plain); the real compilation is not run here (minutes on CPU): it is recorded instead."""
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    run = tmp_path / "c"
+    res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), "--max-steps", "1",
+                   "--compile", *TINY])
+    assert res.exit_code == 0, res.output
+    assert compiled == ["QualityEncoderNet"]
+    assert json.loads((run / "config.json").read_text())["compile"] is True
+    from safetensors.torch import load_file
+
+    assert all(not k.startswith("_orig_mod") for k in load_file(str(run / "encoder.safetensors")))

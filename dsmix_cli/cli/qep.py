@@ -59,6 +59,8 @@ def qep(
     workers: WorkersOpt = min(4, os.cpu_count() or 1),
     amp: AmpOpt = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the student (pays a compile time at the start; for long GPU runs).")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     max_steps: MaxStepsOpt = None,
@@ -86,7 +88,8 @@ def qep(
         mix=mix, paste_prob=paste_prob, label_mode=label_mode, joint_head=joint_head, head_hidden=head_hidden,
         kd_alpha=kd_alpha, kd_beta=kd_beta, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
         lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, weight_decay=weight_decay, flip=flip, workers=workers,
-        amp=amp, channels_last=channels_last, seed=seed, device=device, max_steps=max_steps, resume=resume,
+        amp=amp, channels_last=channels_last, compile=compile_model,
+        seed=seed, device=device, max_steps=max_steps, resume=resume,
         log_every=log_every, checkpoint_every=checkpoint_every)
     bars: list = []
 

@@ -88,6 +88,7 @@ class QEPConfig:
     workers: int = 4
     amp: str = "auto"
     channels_last: bool = False
+    compile: bool = False  # torch.compile the student (in place: state-dict keys unchanged)
     seed: int = 0
     device: str = "auto"
     max_steps: int | None = None
@@ -409,6 +410,8 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
 
+    if cfg.compile:
+        model.compile()  # in place, so checkpoints and the exported encoder keep plain keys
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 fused=device.type == "cuda" or None)  # fused kernels on CUDA
     scheduler = torch.optim.lr_scheduler.LambdaLR(
