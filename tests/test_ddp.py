@@ -19,23 +19,30 @@ from dsmix_cli.dsm.network import build_dsm_net
 from dsmix_cli.engine.runtime import derive_seed
 
 
-def test_two_rank_torchrun_run_keeps_ranks_identical(tmp_path):
+def _torchrun_two_ranks(tmp_path, args: list[str], run):
+    """Run `dsmix <args> --out run` under torchrun with 2 CPU (gloo) ranks; each rank dumps its
+    final weights. Returns (rank 0 weights, rank 1 weights)."""
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    data = write_synth_folder(tmp_path / "D", n_refs=4)
-    run, dump = tmp_path / "R", tmp_path / "dump"
+    dump = tmp_path / "dump"
     env = {**os.environ, "DSMIX_HOME": str(tmp_path / "home"), "DSMIX_DUMP_RANK_WEIGHTS": str(dump),
            "OMP_NUM_THREADS": "1"}
-    args = ["pretrain-dsm", "--data", str(data), "--arch", "vit_small_patch8_224", "--depth", "1", "--image-size",
-            "32", "--batch-size", "4", "--lr", "1e-4", "--no-pretrained", "--device", "cpu", "--seed", "1",
-            "--workers", "0", "--max-steps", "7", "--log-every", "1"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "dsmix_cli", *args, "--out", str(run)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
     w0, w1 = load_file(str(dump / "rank0.safetensors")), load_file(str(dump / "rank1.safetensors"))
     assert w0.keys() == w1.keys()
+    return w0, w1
+
+
+def test_two_rank_torchrun_run_keeps_ranks_identical(tmp_path):
+    data = write_synth_folder(tmp_path / "D", n_refs=4)
+    run = tmp_path / "R"
+    args = ["pretrain-dsm", "--data", str(data), "--arch", "vit_small_patch8_224", "--depth", "1", "--image-size",
+            "32", "--batch-size", "4", "--lr", "1e-4", "--no-pretrained", "--device", "cpu", "--seed", "1",
+            "--workers", "0", "--max-steps", "7", "--log-every", "1"]
+    w0, w1 = _torchrun_two_ranks(tmp_path, args, run)
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     # it trained: the weights moved away from the initialisation both ranks started from
@@ -65,26 +72,17 @@ def test_two_rank_qep_keeps_ranks_identical(tmp_path):
     """QEP under torchrun: the global batch of 4 is split 2 + 2 and the ranks end with identical
     weights. (DSMix partners are drawn within each rank's share, so the losses are not expected
     to equal a single-process run's.)"""
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     from dsmix_cli.imageio import save_image_atomic
 
     refs = tmp_path / "refs"
     g = torch.Generator().manual_seed(0)
     for i in range(8):
         save_image_atomic(torch.rand(3, 40, 40, generator=g), refs / f"r{i}.png")
-    run, dump = tmp_path / "R", tmp_path / "dump"
-    env = {**os.environ, "DSMIX_HOME": str(tmp_path / "home"), "DSMIX_DUMP_RANK_WEIGHTS": str(dump),
-           "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "R"
     args = ["qep", "--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--arch", "resnet18", "--teacher",
             "resnet18", "--no-pretrained", "--image-size", "32", "--batch-size", "4", "--types", "1,11,18",
             "--device", "cpu", "--seed", "2", "--workers", "0", "--max-steps", "3", "--log-every", "1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "dsmix_cli", *args, "--out", str(run)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    w0, w1 = load_file(str(dump / "rank0.safetensors")), load_file(str(dump / "rank1.safetensors"))
-    assert w0.keys() == w1.keys()
+    w0, w1 = _torchrun_two_ranks(tmp_path, args, run)
     # Parameters (all-reduced gradients) are identical. BatchNorm running statistics are
     # rank-local on CPU (no SyncBatchNorm kernel there); DDP re-broadcasts rank 0's, which are
     # the ones saved.
