@@ -89,6 +89,36 @@ def test_missing_pretrained_weights_say_what_to_do(monkeypatch, tmp_path):
     assert "--weights" in str(err.value) and "huggingface.co/timm/vit_small_patch8_224" in str(err.value)
 
 
+def test_unreachable_hub_fails_at_once_without_trying_the_download(monkeypatch, tmp_path):
+    """Offline (the hub's name does not resolve) and nothing cached: a clear error before timm
+    starts its download retries."""
+    import socket
+
+    import huggingface_hub.constants as hf
+
+    import dsmix_cli.dsm.network as network
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
+    looked_up = []
+
+    def no_dns(host, *args, **kwargs):
+        looked_up.append(host)
+        raise socket.gaierror("name resolution failed")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    real_create = network._create_vit
+
+    def create(arch, pretrained, **kwargs):
+        assert not pretrained, "the download must not be attempted"
+        return real_create(arch, pretrained, **kwargs)
+
+    monkeypatch.setattr(network, "_create_vit", create)
+    with pytest.raises(DsmixError, match="cannot be reached") as err:
+        build_dsm_net("vit_small_patch8_224", 32, pretrained=True, depth=1)
+    assert looked_up == ["huggingface.co"] and "--no-pretrained" in str(err.value)
+
+
 def test_bad_arch_and_size():
     with pytest.raises(DsmixError, match="not a timm VisionTransformer"):
         build_dsm_net("resnet18", 32, pretrained=False)
