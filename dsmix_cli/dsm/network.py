@@ -9,16 +9,14 @@ to (H / p, W / p), the order timm's patch embedding flattens in.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from dsmix_cli.engine.checkpoint import load_state_dict_strict, load_weights
 from dsmix_cli.errors import CheckpointError, DsmixError
+from dsmix_cli.models.hub import hub_unreachable
 
 DEFAULT_ARCH = "vit_base_patch8_224"
 DECODERS = ("linear", "mlp")
@@ -101,27 +99,6 @@ def _create_vit(arch: str, pretrained: bool, **kwargs) -> nn.Module:
     return vit
 
 
-def _hub_unreachable(hub_id: str) -> bool:
-    """True when the weights are not in the local Hugging Face cache and the hub's host does not
-    even resolve (or HF_HUB_OFFLINE is set): downloading cannot work, so say so at once."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-            if isinstance(try_to_load_from_cache(hub_id.split("@")[0], name), str):
-                return False
-    except Exception:  # noqa: BLE001 - no usable cache information: let timm try
-        return False
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)  # a name look-up only, as the download itself would start with
-    except OSError:
-        return True
-    return False
-
-
 def _pretrained_state(arch: str, image_size: int, pretrained: bool | str | Path, vit_kwargs: dict) -> dict:
     """The timm ViT's pretrained weights, converted for the class-token-free model.
 
@@ -143,7 +120,7 @@ def _pretrained_state(arch: str, image_size: int, pretrained: bool | str | Path,
     except Exception:  # noqa: BLE001 - only for the message and the cache look-up
         hub_id = f"timm/{arch}"
     try:
-        if not overlay and _hub_unreachable(hub_id):
+        if not overlay and hub_unreachable(hub_id):
             # fail at once instead of after the hub client's retries (about a minute offline)
             raise OSError("not in the local Hugging Face cache and the hub cannot be reached (offline?)")
         std = _create_vit(arch, True, num_classes=0, **vit_kwargs, **overlay)

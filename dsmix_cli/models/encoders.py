@@ -28,6 +28,7 @@ from torch import nn
 from dsmix_cli.engine.checkpoint import load_checkpoint, load_state_dict_strict, load_weights
 from dsmix_cli.engine.runtime import derive_seed
 from dsmix_cli.errors import CheckpointError, DsmixError
+from dsmix_cli.models.hub import hub_unreachable, timm_hub_id
 from dsmix_cli.models.resnet import RESNET_ARCHS, ResNetBackbone, input_stats
 
 # Where a qep training checkpoint may keep the student backbone inside its `model` state dict.
@@ -119,6 +120,10 @@ def _timm_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...],
 def _load_timm(name: str, device: torch.device) -> Encoder:
     timm = _timm()
     try:
+        hub_id = timm_hub_id(name)
+        if hub_id is not None and hub_unreachable(hub_id):
+            # fail at once instead of after the hub client's retries (about a minute offline)
+            raise OSError("not in the local Hugging Face cache and the hub cannot be reached (offline?)")
         model = timm.create_model(name, pretrained=True, num_classes=0)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
