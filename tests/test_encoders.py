@@ -127,9 +127,20 @@ def test_timm_pretrained_path_uses_timm_stats(monkeypatch):
         return real(name, pretrained=False, **kw)  # no download: same model, random weights
 
     monkeypatch.setattr(timm, "create_model", fake)
+    monkeypatch.setattr("dsmix_cli.models.encoders.hub_unreachable", lambda hub_id: False)  # as if cached
     enc = load_encoder("timm:vit_tiny_patch16_224", "cpu")
     assert enc.spec == "timm:vit_tiny_patch16_224" and enc.mean == pytest.approx((0.5, 0.5, 0.5))
     assert not enc.module.training and all(not p.requires_grad for p in enc.module.parameters())
+
+
+def test_timm_encoder_offline_fails_at_once(monkeypatch):
+    import timm
+
+    monkeypatch.setattr("dsmix_cli.models.encoders.hub_unreachable", lambda hub_id: True)
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("no download may be attempted"))
+    with pytest.raises(DsmixError, match="cannot be reached") as err:
+        load_encoder("timm:resnet50", "cpu")
+    assert "random:<model>" in str(err.value)
 
 
 def test_digest_sees_a_batchnorm_statistics_update():
