@@ -102,3 +102,16 @@ def test_bad_usage_exits_2(tmp_path):
     fx.make_csiq(tmp_path)
     result = runner.invoke(app, ["data", "check", "csiq", "--root", str(tmp_path), "--higher-better"])
     assert result.exit_code == 2 and "cannot be changed" in _flat(result.stderr)
+
+
+def test_top_level_help_lists_every_command_with_its_whole_first_sentence():
+    from typer.testing import CliRunner as _Runner
+
+    from dsmix_cli.cli import app as _app
+
+    res = _Runner().invoke(_app, ["--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for name in ("data", "synthesize", "contact-sheet", "make-gt-dsm", "pretrain-dsm", "qep", "probe", "evaluate",
+                 "cross-eval", "score", "demo"):
+        assert f"  {name} " in res.output, name
+    assert "..." not in res.output  # no summary cut short

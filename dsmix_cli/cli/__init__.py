@@ -59,7 +59,20 @@ def _register() -> None:
         module.register(app)
 
 
+def _short_help(doc: str | None) -> str | None:
+    """The first sentence of a docstring, for the command list of `dsmix --help`."""
+    if not doc:
+        return None
+    para = " ".join(doc.strip().split("\n\n")[0].split())
+    end = para.find(". ")
+    return para if end < 0 else para[: end + 1]
+
+
 _register()
+# Click would cut each summary at 45 characters; give every command its whole first sentence.
+for _info in app.registered_commands:
+    if _info.short_help is None:
+        _info.short_help = _short_help(_info.help or (_info.callback.__doc__ if _info.callback else None))
 
 
 def main() -> None:
