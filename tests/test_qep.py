@@ -237,9 +237,17 @@ def test_cpu_only_types_are_distorted_in_the_loader_workers(refs, tmp_path):
             assert it["premade"] and it["dist"].dtype == torch.uint8 and it["dist"].shape == it["ref"].shape
             assert not torch.equal(it["dist"], it["ref"])  # level 5 JPEG2000 / 8-colour quantization
         else:
-            assert not it["premade"] and torch.equal(it["dist"], it["ref"])
-    again = ds[(0, 0)]
-    assert torch.equal(again["dist"], items[0]["dist"]) and again["type"] == items[0]["type"]
+            assert not it["premade"] and "dist" not in it  # distorted later, on the device
+    first_premade = next(i for i, it in enumerate(items) if it["premade"])
+    again = ds[(0, first_premade)]
+    assert torch.equal(again["dist"], items[first_premade]["dist"]) and again["type"] == items[first_premade]["type"]
+    # the batch carries only the premade crops, in row order
+    from dsmix_cli.stages.qep import collate_on_the_fly
+
+    batch = collate_on_the_fly(items)
+    rows = [i for i, it in enumerate(items) if it["premade"]]
+    assert batch["premade"].tolist() == [it["premade"] for it in items]
+    assert torch.equal(batch["dist"], torch.stack([items[i]["dist"] for i in rows]))
     # a whole run with only CPU types, through loader workers
     run = tmp_path / "cpu-types"
     res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--types", "6,9", "--out", str(run),

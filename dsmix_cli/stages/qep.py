@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 from torch.nn import functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from dsmix_cli import defaults
 from dsmix_cli.dsmix import LABEL_MODES, mix, mix_weights, pristine_targets, soft_targets
@@ -163,15 +163,21 @@ class ReferenceCropDataset(Dataset):
         if self.types is not None:
             t = self.types[int(torch.randint(len(self.types), (1,), generator=g))]
             lv = self.levels[int(torch.randint(len(self.levels), (1,), generator=g))]
-            premade = t in self.cpu_types
-            if premade:
+            item.update(type=t, level=lv, premade=t in self.cpu_types)
+            if item["premade"]:  # the other types are distorted on the device, in the step
                 from dsmix_cli.distortions import distort
 
-                dist = to_uint8(distort(to_float(item["ref"])[None], t, lv, generator=g)[0])
-            else:
-                dist = item["ref"]  # a placeholder: distorted on the device in the step
-            item.update(type=t, level=lv, premade=premade, dist=dist)
+                item["dist"] = to_uint8(distort(to_float(item["ref"])[None], t, lv, generator=g)[0])
         return item
+
+
+def collate_on_the_fly(items: list[dict]) -> dict:
+    """Batch on-the-fly items: `dist` holds only the crops already distorted in the workers
+    (rows where `premade` is True, in order), so the other rows cost no extra transfer."""
+    batch = default_collate([{k: v for k, v in it.items() if k != "dist"} for it in items])
+    premade = [it["dist"] for it in items if it["premade"]]
+    batch["dist"] = torch.stack(premade) if premade else torch.empty(0, *items[0]["ref"].shape, dtype=torch.uint8)
+    return batch
 
 
 def list_references(folder: Path) -> list[Path]:
@@ -294,8 +300,11 @@ def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: to
         with torch.no_grad():
             if cfg.on_the_fly:  # type and level drawn per sample by the dataset (uniform)
                 types, levels = batch["type"].long().to(device), batch["level"].long().to(device)
-                dist = to_float(batch["dist"].to(device, non_blocking=True))
-                todo = (~batch["premade"].bool()).nonzero().flatten().to(device)
+                premade = batch["premade"].bool().to(device)
+                dist = ref.clone()
+                if premade.any():
+                    dist[premade] = to_float(batch["dist"].to(device, non_blocking=True))
+                todo = (~premade).nonzero().flatten()
                 if len(todo):  # CPU-only types were distorted in the loader workers already
                     with torch.autocast(device.type, enabled=False):  # distortions in full precision
                         dist[todo] = distort(ref[todo], types[todo], levels[todo], generator=gen).float().clamp(0, 1)
@@ -424,7 +433,8 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
 
     def batches(epoch: int, skip: int):
         return epoch_loader(dataset, batch_size=per_rank, seed=cfg.seed, epoch=epoch, skip_batches=skip,
-                            workers=cfg.workers, dist_info=dist_info, pin_memory=device.type == "cuda")
+                            workers=cfg.workers, dist_info=dist_info, pin_memory=device.type == "cuda",
+                            collate_fn=collate_on_the_fly if cfg.on_the_fly else None)
 
     def on_save(m: QualityEncoderNet, step: int) -> None:
         export_weights(out / ENCODER_FILE, m.backbone.state_dict(), encoder_meta(cfg, config, step))
