@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from dsmix_cli.errors import DsmixError
-from dsmix_cli.fileio import write_json
+from dsmix_cli.fileio import atomic_open, write_json
 from dsmix_cli.imageio import is_image_file, load_rgb_tensor, save_image_atomic
 
 TOY_NOTICE = ("these numbers are TOY-SCALE: networks with random initialisation trained for a few dozen steps on "
@@ -119,7 +119,7 @@ def _labels(folder: Path, refs: set[str], dest: Path) -> int:
             ref = Path(r["ref_img"]).stem
             if ref in refs:
                 rows.append((r["dist_img"], 6 - int(r["level"]), ref))
-    with dest.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_open(dest, "w") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["name", "score", "ref"])
         w.writerows(rows)

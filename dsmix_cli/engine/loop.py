@@ -27,6 +27,7 @@ from torch import nn
 from dsmix_cli.engine.checkpoint import export_weights, load_checkpoint, save_checkpoint
 from dsmix_cli.engine.runtime import DistInfo, all_reduce_mean, autocast, barrier, derive_seed, generator
 from dsmix_cli.errors import CheckpointError, TrainingError
+from dsmix_cli.fileio import write_text
 
 # Set to a folder to make every rank export its final weights there (rank<N>.safetensors).
 DUMP_ENV = "DSMIX_DUMP_RANK_WEIGHTS"
@@ -89,7 +90,7 @@ def _truncate_metrics(path: Path, keep_up_to: int) -> None:
             continue  # a line cut by the kill
         if rec.get("step", 0) <= keep_up_to:
             kept.append(line)
-    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    write_text(path, "".join(k + "\n" for k in kept))  # atomic: a kill here keeps the old log
 
 
 def _to_float(v: float | torch.Tensor) -> float:

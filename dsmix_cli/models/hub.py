@@ -18,7 +18,7 @@ def hub_unreachable(hub_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        for name in ("model.safetensors", "pytorch_model.bin"):  # what timm loads from the hub
             if isinstance(try_to_load_from_cache(hub_id.split("@")[0], name), str):
                 return False
     except Exception:  # noqa: BLE001 - no usable cache information: let timm try
