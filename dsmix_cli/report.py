@@ -8,6 +8,7 @@ terminal it prints plain periodic lines instead, so logs stay readable.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Any, Iterable, Sequence
@@ -149,6 +150,35 @@ class ProgressReporter:
     def __exit__(self, *exc) -> None:
         if self._rich is not None:
             self._rich.__exit__(*exc)
+
+
+class Bars:
+    """Progress bars opened on demand, one per phase, for an engine's progress callback.
+
+    Call `bars(phase, done, total, **fields)`; the first call of a phase opens its bar (the
+    total is often known only once the engine has counted its data). Use as a context manager
+    so every bar is closed, also on an error.
+
+    Args:
+        units: unit of each phase, matched by prefix (e.g. `{"features": "img"}`); default "it".
+    """
+
+    def __init__(self, units: dict[str, str] | None = None):
+        self.stack = contextlib.ExitStack()
+        self.bars: dict[str, ProgressReporter] = {}
+        self.units = units or {}
+
+    def __call__(self, phase: str, done: int, total: int | None, **fields: Any) -> None:
+        if phase not in self.bars:
+            unit = next((u for k, u in self.units.items() if phase.startswith(k)), "it")
+            self.bars[phase] = self.stack.enter_context(progress(phase, total=total, unit=unit))
+        self.bars[phase].update(done, **fields)
+
+    def __enter__(self) -> "Bars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.__exit__(*exc)
 
 
 def progress(description: str, total: int | None, unit: str = "it") -> ProgressReporter:

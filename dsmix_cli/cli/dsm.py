@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -42,15 +41,8 @@ def make_gt_dsm_command(
 
     cfg = MakeGtConfig(data=data, out=out, pool=pool, dtype=dtype, workers=workers, skip_missing=skip_missing,
                        dsm_model=dsm_model, device=device)
-    with contextlib.ExitStack() as stack:
-        bar: dict = {}
-
-        def on_progress(done: int, total: int) -> None:
-            if "p" not in bar:
-                bar["p"] = stack.enter_context(report.progress("make-gt-dsm", total=total, unit="img"))
-            bar["p"].update(done)
-
-        result = make_gt_dsm(cfg, on_progress=on_progress)
+    with report.Bars({"make-gt-dsm": "img"}) as bars:
+        result = make_gt_dsm(cfg, on_progress=lambda done, total: bars("make-gt-dsm", done, total))
     report.info(f"make-gt-dsm: {result.written} maps written, {result.skipped} already present, "
                 f"{result.total} in all -> {result.out}")
 
@@ -117,17 +109,15 @@ def pretrain_dsm_command(
         workers=min(4, os.cpu_count() or 1) if workers is None else workers, seed=seed, device=device,
         deterministic=deterministic, max_steps=max_steps, resume=resume, log_every=log_every,
         checkpoint_every=checkpoint_every)
-    with contextlib.ExitStack() as stack:
-        bar: dict = {}
+    with report.Bars({"pretrain-dsm": "step"}) as bars:
 
         def on_start(plan: dict) -> None:
             report.info(f"pretrain-dsm: {plan['train_pairs']} training / {plan['val_pairs']} validation pairs, "
                         f"{plan['steps_per_epoch']} steps per epoch, {plan['total_steps']} in the schedule, "
                         f"device {plan['device']} x{plan['world_size']}, amp {plan['amp']} -> {plan['run_dir']}")
-            bar["p"] = stack.enter_context(report.progress("pretrain-dsm", total=plan["stop_step"], unit="step"))
 
         def on_progress(p: dict) -> None:
-            bar["p"].update(p["step"], loss=p["loss"], lr=p["lr"], epoch=p["epoch"])
+            bars("pretrain-dsm", p["step"], p["total"], loss=p["loss"], lr=p["lr"], epoch=p["epoch"])
 
         result = run_pretrain_dsm(cfg, on_start=on_start, on_progress=on_progress)
     how = "finished the schedule" if result.finished else f"stopped at --max-steps ({result.step}/{result.total_steps})"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -63,27 +62,6 @@ def _quiet_if_stdout(*paths) -> bool:
     return to_stdout
 
 
-class _Bars:
-    """One progress bar per phase of an engine's `on_progress(phase, done, total)`."""
-
-    def __init__(self, unit: dict[str, str] | None = None):
-        self.stack = contextlib.ExitStack()
-        self.bars: dict[str, report.ProgressReporter] = {}
-        self.unit = unit or {}
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if phase not in self.bars:
-            unit = next((u for k, u in self.unit.items() if phase.startswith(k)), "it")
-            self.bars[phase] = self.stack.enter_context(report.progress(phase, total=total, unit=unit))
-        self.bars[phase].update(done)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stack.__exit__(*exc)
-
-
 _UNITS = {"features": "img", "heads": "epoch", "head": "epoch", "scoring": "img"}
 
 
@@ -132,7 +110,7 @@ def probe(
                       skip_missing=skip_missing, train_views=train_views, fresh_crops=fresh_crops,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, feature_norm=feature_norm,
                       image_size=image_size, device=device, seed=seed, workers=workers)
-    with _Bars(_UNITS) as bars:
+    with report.Bars(_UNITS) as bars:
         results = run_probe(cfg, on_progress=bars, on_info=report.info)
     if json is not None:
         write_json(json, results)
@@ -173,7 +151,7 @@ def evaluate(
     run = _resolved("model", model, to_stderr=to_stdout)
     ds = load_dataset(dataset, root, skip_missing=skip_missing, csv=csv)
     probed = load_bundle(run, resolve_device(device))
-    with _Bars(_UNITS) as bars:
+    with report.Bars(_UNITS) as bars:
         result = evaluate_model(probed, ds, batch_size=batch_size, workers=workers,
                                 on_progress=_counter(bars, "scoring", len(ds.items)))
     if result["same_dataset"]:
@@ -189,7 +167,7 @@ def evaluate(
             report.warn(f"unreadable: {e}")
 
 
-def _counter(bars: _Bars, phase: str, total: int):
+def _counter(bars: report.Bars, phase: str, total: int):
     done = [0]
     bars(phase, 0, total)  # start the clock now, so the rate is right
 
@@ -236,7 +214,7 @@ def cross_eval(
                           train_views=train_views, fresh_crops=fresh_crops, batch_size=batch_size, lr=lr,
                           weight_decay=weight_decay, feature_norm=feature_norm, image_size=image_size,
                           device=device, seed=seed, workers=workers)
-    with _Bars(_UNITS) as bars:
+    with report.Bars(_UNITS) as bars:
         result = run_cross_eval(cfg, on_progress=bars, on_info=None if to_stdout else report.info)
     if json is not None:
         write_json(json, result)
@@ -272,7 +250,7 @@ def score(
     if not files:
         raise DsmixError("no images to score: " + "; ".join(problems or ["no paths given"]))
     probed = load_bundle(run, resolve_device(device))
-    with _Bars(_UNITS) as bars:
+    with report.Bars(_UNITS) as bars:
         scored = score_images(probed, files, batch_size=batch_size, workers=workers,
                               on_progress=_counter(bars, "scoring", len(files)))
     if csv is not None:
@@ -307,7 +285,7 @@ def demo(
     from dsmix_cli.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=str(out or default_run_dir("demo")), device=device, record_default=record)
-    with _Bars(_UNITS) as bars:
+    with report.Bars(_UNITS) as bars:
         result = run_demo(cfg, on_info=report.info, on_progress=bars)
     print_probe_table(result["probe"])
     report.table("demo: evaluate and score", ["what", "value"], result["summary_rows"])

@@ -91,18 +91,9 @@ def qep(
         amp=amp, channels_last=channels_last, compile=compile_model,
         seed=seed, device=device, max_steps=max_steps, resume=resume,
         log_every=log_every, checkpoint_every=checkpoint_every)
-    bars: list = []
-
-    def on_progress(p: dict) -> None:
-        if not bars:  # the total is known once the run has counted its data
-            bars.append(report.progress("qep", total=p["total"], unit="step").__enter__())
-        bars[0].update(p["step"], loss=p["loss"], lr=p["lr"])
-
-    try:
-        result = run_qep(cfg, info=report.info, on_progress=on_progress)
-    finally:
-        if bars:
-            bars[0].__exit__(None, None, None)
+    with report.Bars({"qep": "step"}) as bars:
+        result = run_qep(cfg, info=report.info, on_progress=lambda p: bars(
+            "qep", p["step"], p["total"], loss=p["loss"], lr=p["lr"]))
     loss = "n/a" if result["last_loss"] is None else f"{result['last_loss']:.4f}"
     report.info(f"qep: stopped at step {result['step']} (loss {loss}); encoder {result['encoder']} "
                 f"is now the default encoder")
