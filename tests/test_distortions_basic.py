@@ -104,3 +104,21 @@ def test_mapmm_switch():
     assert torch.allclose(y_off, x)
     y_on = distort(x, 18, 3)
     assert y_on.min().item() == pytest.approx(0.0, abs=1e-6) and y_on.max().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_mapmm_given_range_rescales_a_crop_as_its_whole_image():
+    # Type 18 level 3 is the identity between the two rescales, so the result is
+    # (x - lo) / (hi - lo) with the range given, not the crop's own.
+    whole = 0.2 + 0.6 * X                      # range [0.2, 0.8]
+    crop = whole[:, :, 4:12, 4:12]
+    lo, hi = whole.amin(dim=(1, 2, 3)), whole.amax(dim=(1, 2, 3))
+    rng = torch.stack([lo, hi], dim=1)
+    y = distort(crop, 18, 3, in_range=rng, out_range=torch.tensor([[0.0, 1.0]] * crop.shape[0]))
+    expected = ((crop - lo.view(-1, 1, 1, 1)) / (hi - lo).view(-1, 1, 1, 1)).clamp(0, 1)
+    assert torch.allclose(y, expected, atol=1e-6)
+    assert torch.allclose(distort(whole, 18, 3)[:, :, 4:12, 4:12], y, atol=1e-6)
+    own = distort(crop, 18, 3)                 # the crop's own range stretches it further
+    assert (own - y).abs().max() > 0.05
+    batch = distort_batch(crop, torch.full((crop.shape[0],), 18), torch.full((crop.shape[0],), 3),
+                          in_range=rng, out_range=torch.tensor([[0.0, 1.0]] * crop.shape[0]))
+    assert torch.allclose(batch, y, atol=1e-6)

@@ -119,21 +119,22 @@ def level_value(dist_type: int, level: int) -> float:
 
 
 def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator: Generators,
-         mapmm_: bool) -> torch.Tensor:
+         mapmm_: bool, in_range: torch.Tensor | None = None, out_range: torch.Tensor | None = None) -> torch.Tensor:
     device, dtype = x.device, x.dtype
     y = x.float()
     if spec.cpu_only:
         y = y.cpu()
     if mapmm_:
-        y = mapmm(y)
+        y = mapmm(y, in_range)
     y = spec.fn(y, [float(spec.levels[lv - 1]) for lv in levels], generator)
     if mapmm_:
-        y = mapmm(y)
+        y = mapmm(y, out_range)
     return y.clamp(0.0, 1.0).to(device=device, dtype=dtype)
 
 
 def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators = None,
-            *, mapmm: bool = True) -> torch.Tensor:
+            *, mapmm: bool = True, in_range: torch.Tensor | None = None,
+            out_range: torch.Tensor | None = None) -> torch.Tensor:
     """Apply one KADID distortion at one level to a batch (MATLAB `imdist_generator`).
 
     Args:
@@ -145,6 +146,10 @@ def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators =
             made on the generator's device and moved to `x.device`. None uses torch's global RNG.
         mapmm: apply the dispatcher's global min-max rescale before and after (default, as
             MATLAB); off, the distortion sees `x` as is and the result is clipped to [0, 1].
+        in_range: optional (B, 2) (min, max) per image for the first rescale, instead of each
+            image's own range: a crop passes its whole image's range, as MATLAB rescales whole
+            images.
+        out_range: the same for the second rescale (the range the whole distorted image has).
 
     Returns:
         A tensor of x's shape, dtype and device, in [0, 1]. CPU-only types (6, 9) run on the CPU
@@ -153,11 +158,12 @@ def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators =
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
     spec = _check(int(dist_type), int(level))
-    return _run(x, spec, [int(level)] * x.shape[0], generator, mapmm)
+    return _run(x, spec, [int(level)] * x.shape[0], generator, mapmm, in_range, out_range)
 
 
 def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, generator: Generators = None,
-                  *, mapmm: bool = True) -> torch.Tensor:
+                  *, mapmm: bool = True, in_range: torch.Tensor | None = None,
+                  out_range: torch.Tensor | None = None) -> torch.Tensor:
     """Apply a (type, level) per image; each type present runs once on its images.
 
     Args:
@@ -166,7 +172,7 @@ def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, ge
         levels: (B,) 1-based levels.
         generator: as in `distort`; a single generator is drawn from type by type in
             increasing type order, a list gives each image its own.
-        mapmm: as in `distort`.
+        mapmm, in_range, out_range: as in `distort` ((B, 2) ranges, one row per image).
 
     Returns:
         The distorted batch (x's shape, dtype and device).
@@ -182,6 +188,9 @@ def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, ge
     out = torch.empty_like(x)
     for t in sorted(set(t_list)):
         idx = [i for i, u in enumerate(t_list) if u == t]
-        sub = _run(x[idx], TYPES[t], [l_list[i] for i in idx], _random.subset(generator, idx), mapmm)
+        rows = torch.as_tensor(idx, device=x.device)
+        sub = _run(x[idx], TYPES[t], [l_list[i] for i in idx], _random.subset(generator, idx), mapmm,
+                   None if in_range is None else torch.as_tensor(in_range, device=x.device)[rows],
+                   None if out_range is None else torch.as_tensor(out_range, device=x.device)[rows])
         out[torch.as_tensor(idx, device=x.device)] = sub
     return out

@@ -19,18 +19,26 @@ import torch.nn.functional as F
 _EPS = float(np.finfo(np.float64).eps)
 
 
-def mapmm(x: torch.Tensor) -> torch.Tensor:
+def mapmm(x: torch.Tensor, value_range: torch.Tensor | None = None) -> torch.Tensor:
     """MATLAB `mapmm`: rescale each image of a batch globally (all channels) to [0, 1].
 
     Args:
         x: (B, C, H, W) float tensor.
+        value_range: optional (B, 2) tensor of each image's (min, max) to rescale by, instead
+            of the image's own. A crop of a larger image passes the whole image's range here,
+            so that it is rescaled exactly as the whole image would be (the MATLAB dispatcher
+            works on whole images).
 
     Returns:
         (x - min) / (max - min) per image; an image with max == min is returned unchanged.
     """
-    flat = x.reshape(x.shape[0], -1)
-    lo = flat.amin(dim=1).view(-1, 1, 1, 1)
-    hi = flat.amax(dim=1).view(-1, 1, 1, 1)
+    if value_range is None:
+        flat = x.reshape(x.shape[0], -1)
+        lo = flat.amin(dim=1).view(-1, 1, 1, 1)
+        hi = flat.amax(dim=1).view(-1, 1, 1, 1)
+    else:
+        value_range = torch.as_tensor(value_range, dtype=x.dtype, device=x.device).reshape(x.shape[0], 2)
+        lo, hi = value_range[:, 0].view(-1, 1, 1, 1), value_range[:, 1].view(-1, 1, 1, 1)
     span = hi - lo
     ok = span > 0
     return torch.where(ok, (x - lo) / torch.where(ok, span, torch.ones_like(span)), x)
