@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from dsmix_cli.demo import demo_images
 from dsmix_cli.distortions import TYPE_NAMES, distort
 from dsmix_cli.dsm.gt import gt_dsm
-from dsmix_cli.dsm.preview import colormap
+from dsmix_cli.plots import colormap
 from dsmix_cli.dsmix import mix, mix_weights
 from dsmix_cli.imageio import load_rgb_tensor, save_image_atomic, to_float
 

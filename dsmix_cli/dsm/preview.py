@@ -14,21 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from dsmix_cli.imageio import save_image_atomic
-
-# A dark-to-bright colormap (black, indigo, red, orange, pale yellow), linear between anchors.
-_ANCHORS = np.array([
-    [0, 0, 4], [60, 15, 110], [180, 50, 80], [245, 130, 20], [252, 255, 164],
-], dtype=np.float64)
-
-
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] (clipped) to uint8 RGB, shape (..., 3)."""
-    v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(_ANCHORS) - 1)
-    lo = np.floor(v).astype(int).clip(0, len(_ANCHORS) - 2)
-    t = (v - lo)[..., None]
-    rgb = _ANCHORS[lo] * (1 - t) + _ANCHORS[lo + 1] * t
-    return np.round(rgb).astype(np.uint8)
-
+from dsmix_cli.plots import colormap
 
 def _image(x: torch.Tensor) -> Image.Image:
     """uint8 or [0, 1] float (3, H, W) -> PIL RGB."""
