@@ -49,7 +49,7 @@ def _register() -> None:
         module.register(app)
     import importlib
 
-    for name in ("synthesize", "dsm", "qep", "probe"):
+    for name in ("synthesize", "dsm", "qep", "probe", "score"):
         try:
             module = importlib.import_module(f"dsmix_cli.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -11,6 +11,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from dsmix_cli import report
+from dsmix_cli.defaults import resolve_default
 from dsmix_cli.errors import DsmixError
 
 _state = {"verbose": False}
@@ -94,3 +95,50 @@ def default_run_dir(command: str) -> Path:
         n += 1
         path = base.with_name(f"{stamp}-{n}")
     return path
+
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="A dsmix probe run (default: the last probe or demo run, or $DSMIX_MODEL).")]
+
+# progress phases of the probing commands and their units
+UNITS = {"features": "img", "heads": "epoch", "head": "epoch", "scoring": "img"}
+
+
+def resolved(kind: str, explicit: str | None, to_stderr: bool = False) -> str:
+    """The value of a chain-of-defaults option, saying where it came from unless given explicitly."""
+    r = resolve_default(kind, explicit)
+    if r.source != "option":
+        where = "recorded default" if r.source == "recorded" else r.source.replace("env:", "$")
+        text = f"{kind.replace('_', ' ')}: {r.value} ({where})"
+        if to_stderr:
+            report.err_console.print(text, markup=False)
+        else:
+            report.info(text)
+    return r.value
+
+
+def is_stdout(path) -> bool:
+    return path is not None and str(path) == "-"
+
+
+def quiet_if_stdout(*paths) -> bool:
+    """With `--json -` (or `--csv -`) stdout carries the data: no progress or info lines there."""
+    to_stdout = any(is_stdout(p) for p in paths)
+    if to_stdout:
+        report.set_quiet(True)
+    return to_stdout
+
+
+_UNITS = {"features": "img", "heads": "epoch", "head": "epoch", "scoring": "img"}
+
+
+def counter(bars: report.Bars, phase: str, total: int):
+    """A callback adding n finished items to a progress phase of `total` items."""
+    done = [0]
+    bars(phase, 0, total)  # start the clock now, so the rate is right
+
+    def tick(n: int) -> None:
+        done[0] += n
+        bars(phase, done[0], total)
+
+    return tick

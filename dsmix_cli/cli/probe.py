@@ -1,23 +1,20 @@
-"""`dsmix probe`, `evaluate`, `cross-eval`, `score` and `demo`."""
+"""`dsmix probe`, `evaluate` and `cross-eval`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import (DeviceOpt, JsonOpt, OutOpt, RootOpt, SeedOpt, WorkersOpt, default_run_dir,
-                                  handle_errors)
-from dsmix_cli.defaults import resolve_default
+from dsmix_cli.cli.common import (UNITS, DeviceOpt, JsonOpt, ModelOpt, OutOpt, RootOpt, SeedOpt, WorkersOpt,
+                                  counter, default_run_dir, handle_errors, is_stdout, quiet_if_stdout, resolved)
 from dsmix_cli.fileio import write_json
 
 EncoderOpt = Annotated[Optional[str], typer.Option(
     "--encoder", help="A dsmix qep run (or its encoder.safetensors / last.pt), timm:<model> (ImageNet "
                       "weights) or random:<model> (default: the last finished qep run, or $DSMIX_ENCODER).")]
-ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", help="A dsmix probe run (default: the last probe or demo run, or $DSMIX_MODEL).")]
 CsvLabelsOpt = Annotated[Optional[Path], typer.Option(
     "--csv", help="Label file for the 'csv'/'pyiqa' layouts (or a native label file kept elsewhere).")]
 SkipMissingOpt = Annotated[bool, typer.Option(
@@ -36,33 +33,6 @@ FeatureNormOpt = Annotated[bool, typer.Option(
     "--feature-norm/--no-feature-norm", help="Standardise the head's input features with the training "
                                               "features' mean and std (as MAE's linear probe).")]
 SizeOpt = Annotated[int, typer.Option("--image-size", min=8, help="Crop size (smaller images are resized up).")]
-
-
-def _resolved(kind: str, explicit: str | None, to_stderr: bool = False) -> str:
-    r = resolve_default(kind, explicit)
-    if r.source != "option":
-        where = "recorded default" if r.source == "recorded" else r.source.replace("env:", "$")
-        text = f"{kind.replace('_', ' ')}: {r.value} ({where})"
-        if to_stderr:
-            report.err_console.print(text, markup=False)
-        else:
-            report.info(text)
-    return r.value
-
-
-def _is_stdout(path) -> bool:
-    return path is not None and str(path) == "-"
-
-
-def _quiet_if_stdout(*paths) -> bool:
-    """With `--json -` (or `--csv -`) stdout carries the data: no progress or info lines there."""
-    to_stdout = any(_is_stdout(p) for p in paths)
-    if to_stdout:
-        report.set_quiet(True)
-    return to_stdout
-
-
-_UNITS = {"features": "img", "heads": "epoch", "head": "epoch", "scoring": "img"}
 
 
 def _fmt(v) -> str:
@@ -102,15 +72,15 @@ def probe(
     """
     from dsmix_cli.stages.probe import ProbeConfig, run_probe
 
-    _quiet_if_stdout(json)
-    enc = _resolved("encoder", encoder, to_stderr=_is_stdout(json))
+    quiet_if_stdout(json)
+    enc = resolved("encoder", encoder, to_stderr=is_stdout(json))
     cfg = ProbeConfig(encoder=enc, dataset=dataset, out=str(out or default_run_dir("probe")),
                       root=str(root) if root else None, csv=str(csv) if csv else None, lower_better=lower_better,
                       splits=splits, train_ratio=train_ratio, val_ratio=val_ratio, epochs=epochs,
                       skip_missing=skip_missing, train_views=train_views, fresh_crops=fresh_crops,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, feature_norm=feature_norm,
                       image_size=image_size, device=device, seed=seed, workers=workers)
-    with report.Bars(_UNITS) as bars:
+    with report.Bars(UNITS) as bars:
         results = run_probe(cfg, on_progress=bars, on_info=report.info)
     if json is not None:
         write_json(json, results)
@@ -147,13 +117,13 @@ def evaluate(
     from dsmix_cli.evaluation.bundle import load_bundle
     from dsmix_cli.evaluation.score import evaluate_model
 
-    to_stdout = _quiet_if_stdout(json)
-    run = _resolved("model", model, to_stderr=to_stdout)
+    to_stdout = quiet_if_stdout(json)
+    run = resolved("model", model, to_stderr=to_stdout)
     ds = load_dataset(dataset, root, skip_missing=skip_missing, csv=csv)
     probed = load_bundle(run, resolve_device(device))
-    with report.Bars(_UNITS) as bars:
+    with report.Bars(UNITS) as bars:
         result = evaluate_model(probed, ds, batch_size=batch_size, workers=workers,
-                                on_progress=_counter(bars, "scoring", len(ds.items)))
+                                on_progress=counter(bars, "scoring", len(ds.items)))
     if result["same_dataset"]:
         report.warn(f"the model's head was trained on {result['trained_on']} itself: these are training-set "
                     "numbers; `dsmix probe` reports held-out splits")
@@ -165,17 +135,6 @@ def evaluate(
     if result["unreadable"]:
         for e in result["unreadable_examples"]:
             report.warn(f"unreadable: {e}")
-
-
-def _counter(bars: report.Bars, phase: str, total: int):
-    done = [0]
-    bars(phase, 0, total)  # start the clock now, so the rate is right
-
-    def tick(n: int) -> None:
-        done[0] += n
-        bars(phase, done[0], total)
-
-    return tick
 
 
 def cross_eval(
@@ -204,8 +163,8 @@ def cross_eval(
     """Cross-dataset test (Re-IQA protocol): head trained on all of --train, tested on all of --test."""
     from dsmix_cli.evaluation.cross_eval import CrossEvalConfig, run_cross_eval
 
-    to_stdout = _quiet_if_stdout(json)
-    enc = _resolved("encoder", encoder, to_stderr=to_stdout)
+    to_stdout = quiet_if_stdout(json)
+    enc = resolved("encoder", encoder, to_stderr=to_stdout)
     cfg = CrossEvalConfig(encoder=enc, train=train, test=test, out=str(out or default_run_dir("cross-eval")),
                           train_root=str(train_root) if train_root else None,
                           test_root=str(test_root) if test_root else None,
@@ -214,7 +173,7 @@ def cross_eval(
                           train_views=train_views, fresh_crops=fresh_crops, batch_size=batch_size, lr=lr,
                           weight_decay=weight_decay, feature_norm=feature_norm, image_size=image_size,
                           device=device, seed=seed, workers=workers)
-    with report.Bars(_UNITS) as bars:
+    with report.Bars(UNITS) as bars:
         result = run_cross_eval(cfg, on_progress=bars, on_info=None if to_stdout else report.info)
     if json is not None:
         write_json(json, result)
@@ -224,80 +183,7 @@ def cross_eval(
                      [(result["train"], result["test"], result["n"], result["srcc"], result["plcc"], result["krcc"])])
 
 
-def score(
-    paths: Annotated[List[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
-    model: ModelOpt = None,
-    csv: Annotated[Optional[Path], typer.Option("--csv", help="Write path,score rows here ('-' = stdout).")] = None,
-    json: JsonOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch (x5 crops).")] = 32,
-    workers: WorkersOpt = 0,
-    device: DeviceOpt = "auto",
-) -> None:
-    """Quality scores (higher = better) of images, folders or globs with a probed model.
-
-    Each score averages the five test crops; scores are in the model's normalised scale (0 = the
-    worst, 1 = the best training label). Unreadable images are named on stderr and the others
-    scored; the exit code is then 1.
-    """
-    from dsmix_cli.engine.runtime import resolve_device
-    from dsmix_cli.errors import DsmixError
-    from dsmix_cli.evaluation.bundle import load_bundle
-    from dsmix_cli.evaluation.score import expand_inputs, score_images, write_scores_csv, write_scores_json
-
-    _quiet_if_stdout(csv, json)
-    run = _resolved("model", model, to_stderr=True)
-    files, problems = expand_inputs(paths)
-    if not files:
-        raise DsmixError("no images to score: " + "; ".join(problems or ["no paths given"]))
-    probed = load_bundle(run, resolve_device(device))
-    with report.Bars(_UNITS) as bars:
-        scored = score_images(probed, files, batch_size=batch_size, workers=workers,
-                              on_progress=_counter(bars, "scoring", len(files)))
-    if csv is not None:
-        write_scores_csv(csv, scored)
-    if json is not None:
-        write_scores_json(json, scored, probed)
-    if csv is None and json is None:
-        report.table(f"scores (higher = better; model {run})", ["path", "score"],
-                     [(str(r.path), r.score) for r in scored if not r.error])
-    bad = [r for r in scored if r.error]
-    for r in bad:
-        report.error(f"cannot score {r.error}")
-    for p in problems:
-        report.error(p)
-    if bad or problems:
-        report.error(f"{len(bad) + len(problems)} input(s) could not be scored; "
-                     f"{len(scored) - len(bad)} image(s) scored")
-        raise typer.Exit(code=1)
-
-
-def demo(
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Folder of the demo's runs (default: a new runs/demo/<timestamp>).")] = None,
-    device: DeviceOpt = "cpu",
-    record: Annotated[bool, typer.Option(
-        "--record-default/--no-record-default",
-        help="Make the demo's (toy) model the default model of `dsmix score` (CLI.md); the demo's other "
-             "runs never become defaults.")] = True,
-) -> None:
-    """The whole pipeline at toy scale on images shipped with the package, on CPU, in minutes:
-    synthesize, make-gt-dsm, pretrain-dsm, qep, probe, evaluate, score."""
-    from dsmix_cli.demo import DemoConfig, run_demo
-
-    cfg = DemoConfig(out=str(out or default_run_dir("demo")), device=device, record_default=record)
-    with report.Bars(_UNITS) as bars:
-        result = run_demo(cfg, on_info=report.info, on_progress=bars)
-    print_probe_table(result["probe"])
-    report.table("demo: evaluate and score", ["what", "value"], result["summary_rows"])
-    report.warn(result["toy_notice"])
-    if record:
-        report.info(f"the demo's model {result['model']} is now the default model of `dsmix score` "
-                    f"(toy-scale; `dsmix probe` replaces it, `--no-record-default` keeps yours)")
-
-
 def register(app: typer.Typer) -> None:
     app.command("probe")(handle_errors(probe))
     app.command("evaluate")(handle_errors(evaluate))
     app.command("cross-eval")(handle_errors(cross_eval))
-    app.command("score")(handle_errors(score))
-    app.command("demo")(handle_errors(demo))
