@@ -54,7 +54,8 @@ class Unique:
         at = f"{self.unit} {line}: " if line is not None else ""
         was = f"{self.unit} {first_line}" if first_line is not None else "an earlier entry"
         details = f" ({first_detail} there, {detail} here)" if detail and first_detail else ""
-        raise DatasetError(f"{at}{self.what} {shown if shown is not None else key!r} is listed twice, first at "
+        shown = shown if shown is not None else repr(key)
+        raise DatasetError(f"{at}{self.what} {shown} is listed twice, first at "
                            f"{was}{details}; each image may appear once (a repeated image counts twice and can "
                            f"land on both sides of a split)", self.file)
 
