@@ -79,7 +79,8 @@ OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", help="Run folder (default: a new runs/<command>/<timestamp>).")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option(
     "--max-steps", min=1, help="Stop after this many optimizer steps without changing the schedule.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the killed run in --out exactly.")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue the run in --out exactly; options not given are taken from its config.json.")]
 AmpOpt = Annotated[str, typer.Option("--amp", help="Mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
 AllowOutsideRootOpt = Annotated[bool, typer.Option(

@@ -78,7 +78,7 @@ class Confinement:
     def __init__(self, root: str | Path, allow: bool = False, option: str = "--root",
                  extra_roots: tuple[str | Path, ...] = ()):
         self.allow, self.option = allow, option
-        self.root = os.path.abspath(os.path.expanduser(str(root)))
+        self.root = os.path.abspath(os.path.expanduser(root))
         self._roots = [self.root] + [os.path.abspath(os.path.expanduser(str(r))) for r in extra_roots]
         self._real_roots: list[str] | None = None
         self._real_dirs: dict[str, str] = {}
@@ -98,7 +98,9 @@ class Confinement:
 
     def real_path(self, path: str | Path) -> str:
         """`os.path.realpath(path)`, with the folder part resolved once per folder."""
-        p = os.path.normpath(os.path.abspath(str(path)))
+        return self._real(os.path.abspath(path))
+
+    def _real(self, p: str) -> str:
         parent, name = os.path.split(p)
         real_parent = self._real_dirs.get(parent)
         if real_parent is None:
@@ -117,14 +119,14 @@ class Confinement:
             return
         at = f"{unit} {line}: " if line is not None else ""
         how = (f"; pass --allow-outside-root to accept entries outside {self.option}")
-        lexical = os.path.normpath(os.path.abspath(str(path)))
+        lexical = os.path.abspath(path)  # `..` collapsed, symbolic links kept
         if not any(_within(lexical, r) for r in self._roots):
             raise DatasetError(f"{at}{name!r} lies outside {self.option} {self.root} (at {lexical}){how}", file)
         if not resolve:
             return
         if self._real_roots is None:
             self._real_roots = [os.path.realpath(r) for r in self._roots]
-        real = self.real_path(lexical)
+        real = self._real(lexical)
         if not any(_within(real, r) for r in self._real_roots):
             raise DatasetError(f"{at}{name!r} resolves outside {self.option} {self.root} through a symbolic link "
                                f"(to {real}){how}", file)
@@ -140,7 +142,7 @@ class Confinement:
         if not os.path.isabs(rel) and ".." not in parts:  # stays inside `folder`: is `folder` inside?
             inside = self._folder_inside.get(folder)
             if inside is None:
-                f = os.path.normpath(os.path.abspath(folder))
+                f = os.path.abspath(folder)
                 inside = self._folder_inside[folder] = any(_within(f, r) for r in self._roots)
             if inside:
                 return
