@@ -143,7 +143,8 @@ def test_symbolic_links_leading_out_of_the_folder_are_refused(tmp_path):
     (root / "pics").symlink_to(tmp_path / "elsewhere" / "pics")  # a linked folder
     for name in ("b.png", "pics/b.png"):
         file = _csv(root, ["a.png", name])
-        with pytest.raises(DatasetError, match=rf"line 3: '{re.escape(name)}' resolves outside --root .* symbolic link"):
+        pattern = rf"line 3: '{re.escape(name)}' resolves outside --root .* symbolic link"
+        with pytest.raises(DatasetError, match=pattern):
             load_dataset("csv", csv=file)
         assert len(load_dataset("csv", csv=file, allow_outside_root=True)) == 2
     # a link that stays inside, and a root that is itself a link, are fine
@@ -265,7 +266,8 @@ def test_kadid_and_kadis_pair_folders(tmp_path):
         load_pairs(kadid)
     fx.make_kadid10k(kadid)  # rewritten clean
     _append(kadid / "dmos.csv", "I02_09_05.png,I02.png,3.0,0.1")
-    with pytest.raises(DatasetError, match=r"line 14: distorted image 'I02_09_05.png' is listed twice, first at line 9"):
+    with pytest.raises(DatasetError, match=r"line 14: distorted image 'I02_09_05.png' is listed twice, "
+                                           r"first at line 9"):
         load_pairs(kadid)
 
     kadis = tmp_path / "kadis"

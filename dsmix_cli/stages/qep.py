@@ -42,6 +42,7 @@ KIND = "qep"
 ENCODER_FILE = "encoder.safetensors"
 DSM_SOURCES = ("model", "gt", "maps")
 
+
 @dataclass
 class QEPConfig:
     """Everything a QEP run needs; defaults are the paper's full-scale recipe (METHOD.md 4).
@@ -194,8 +195,8 @@ def _pair_dataset(cfg: QEPConfig) -> Dataset:
     from dsmix_cli.data.pairs import PairCropDataset, load_pairs
 
     maps = Path(cfg.dsm_maps) if cfg.dsm_source == "maps" else None
-    return PairCropDataset(load_pairs(Path(cfg.data), allow_outside_root=cfg.allow_outside_root), cfg.image_size, cfg.seed, flip=cfg.flip, gt_maps=maps,
-                           pool=cfg.dsm_pool)
+    pairs = load_pairs(Path(cfg.data), allow_outside_root=cfg.allow_outside_root)
+    return PairCropDataset(pairs, cfg.image_size, cfg.seed, flip=cfg.flip, gt_maps=maps, pool=cfg.dsm_pool)
 
 
 # ------------------------------------------------------------------------------------- checks
