@@ -14,6 +14,8 @@ Layout of the output folder D:
     D/dist_imgs.csv   header `dist_img,ref_img,type,level`; `dist_img` relative to D;
                       `ref_img` relative to D when the reference lies inside D (e.g. the KADIS
                       layout D/ref_imgs/), else absolute.
+    D/synthesize.json the run's references folder (and CSV, format, seed): readers of D accept
+                      references in that folder as well as in D.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ import torch
 
 from dsmix_cli.distortions import CPU_ONLY_TYPES, NUM_LEVELS, NUM_TYPES, denoiser_name, distort, distort_batch, set_denoiser
 from dsmix_cli.engine.runtime import generator, resolve_device
+from dsmix_cli.data.entries import Confinement, Unique, name_key
+from dsmix_cli.data.pairs import SYNTH_RECORD
 from dsmix_cli.errors import DatasetError, DsmixError, ImageReadError
-from dsmix_cli.fileio import atomic_open
+from dsmix_cli.fileio import atomic_open, write_json
 from dsmix_cli.imageio import is_image_file, load_rgb_tensor, save_image_atomic, to_uint8
 
 MANIFEST = "dist_imgs.csv"
@@ -61,6 +65,8 @@ class SynthesizeConfig:
         batch_size: images per device batch.
         mapmm: the dispatcher's min-max rescale before and after each distortion.
         dncnn: a DnCNN state dict for type 15 (None: the built-in substitute).
+        allow_outside_root: with `csv`, accept names that resolve outside `refs` (absolute
+            paths, `..`, symbolic links leading elsewhere); refused by default.
     """
 
     refs: Path
@@ -77,6 +83,7 @@ class SynthesizeConfig:
     batch_size: int = 16
     mapmm: bool = True
     dncnn: Path | None = None
+    allow_outside_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,19 +122,13 @@ def dist_name(stem: str, dist_type: int, level: int, fmt: str) -> str:
     return f"{stem}_{dist_type:02d}_{level:02d}.{fmt}"
 
 
-def read_kadis_csv(path: Path, official_type_8: bool = False) -> list[tuple[str, int]]:
-    """Read `kadis700k_ref_imgs.csv` (`ref_im,dist_type_1,dist_type_2`) into (name, type) pairs.
-
-    A row with a second type (all are "7,8" in the official file) gives that second type unless
-    `official_type_8`, which keeps the first as the official driver does.
-
-    Raises:
-        DatasetError: missing file, wrong header, or a malformed row (named by line number).
-    """
+def _kadis_rows(path: Path, official_type_8: bool = False) -> list[tuple[str, int, int]]:
+    """`read_kadis_csv`'s rows with their line numbers: (name, type, line)."""
     path = Path(path)
+    once = Unique(path, "reference")
     if not path.is_file():
         raise DatasetError("CSV file not found", path)
-    rows: list[tuple[str, int]] = []
+    rows: list[tuple[str, int, int]] = []
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -145,10 +146,24 @@ def read_kadis_csv(path: Path, official_type_8: bool = False) -> list[tuple[str,
                 raise DatasetError(f"line {lineno}: distortion types must be integers, got {row!r}", path) from None
             if not name or not 1 <= first <= NUM_TYPES or (second is not None and not 1 <= second <= NUM_TYPES):
                 raise DatasetError(f"line {lineno}: expected '<image>,<type 1-25>[,<type 1-25>]', got {row!r}", path)
-            rows.append((name, first if second is None or official_type_8 else second))
+            once.add(name_key(name), lineno, repr(name))
+            rows.append((name, first if second is None or official_type_8 else second, lineno))
     if not rows:
         raise DatasetError("no rows after the header", path)
     return rows
+
+
+def read_kadis_csv(path: Path, official_type_8: bool = False) -> list[tuple[str, int]]:
+    """Read `kadis700k_ref_imgs.csv` (`ref_im,dist_type_1,dist_type_2`) into (name, type) pairs.
+
+    A row with a second type (all are "7,8" in the official file) gives that second type unless
+    `official_type_8`, which keeps the first as the official driver does.
+
+    Raises:
+        DatasetError: missing file, wrong header, a malformed row or a reference listed twice
+            (named by line number).
+    """
+    return [(name, t) for name, t, _line in _kadis_rows(path, official_type_8)]
 
 
 def _list_refs(refs: Path) -> list[Path]:
@@ -178,12 +193,15 @@ def plan_jobs(config: SynthesizeConfig) -> tuple[list[Job], list[str]]:
     if config.csv is not None:
         if not refs_dir.is_dir():
             raise DatasetError("reference folder not found", refs_dir)
-        wanted = read_kadis_csv(Path(config.csv), config.official_type_8)
+        wanted = _kadis_rows(Path(config.csv), config.official_type_8)
+        confine = Confinement(refs_dir, allow=config.allow_outside_root, option="--refs")
+        for name, _t, line in wanted:
+            confine.check(refs_dir / name, Path(config.csv), line, name)
         if config.types is not None:
             keep = set(config.types)
-            wanted = [(n, t) for n, t in wanted if t in keep]
+            wanted = [row for row in wanted if row[1] in keep]
         pairs = []
-        for name, t in wanted:
+        for name, t, _line in wanted:
             p = refs_dir / name
             if p.is_file():
                 pairs.append((p, [t]))
@@ -381,6 +399,8 @@ def synthesize(config: SynthesizeConfig, on_progress: Callable[[int], None] | No
                 runner.add(ref8, job)
         runner.finish()
     manifest = write_manifest(out, plan.jobs)
+    write_json(out / SYNTH_RECORD, {"refs": str(Path(config.refs).resolve()), "csv": str(Path(config.csv).resolve())
+                                    if config.csv is not None else None, "format": config.fmt, "seed": config.seed})
     return SynthesizeResult(
         out=out, manifest=manifest, device=str(device), denoiser=denoiser_name(),
         references=len({j.ref for j in plan.jobs}), planned=len(plan.jobs), written=runner.written,

@@ -79,9 +79,31 @@ OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", help="Run folder (default: a new runs/<command>/<timestamp>).")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option(
     "--max-steps", min=1, help="Stop after this many optimizer steps without changing the schedule.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the killed run in --out exactly.")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue the run in --out exactly; options not given are taken from its config.json.")]
 AmpOpt = Annotated[str, typer.Option("--amp", help="Mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
+AllowOutsideRootOpt = Annotated[bool, typer.Option(
+    "--allow-outside-root", help="Accept label entries that resolve outside the dataset folder (absolute "
+                                 "paths, '..', symbolic links leading elsewhere); refused by default.")]
+
+
+def typed_options(ctx: typer.Context, rename: dict[str, str] | None = None) -> set[str]:
+    """The parameters the user gave (command line or environment), as config field names
+    (`rename` maps a parameter name to its field where they differ)."""
+    given = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # by name: Typer may carry its own copy of click's enum
+    rename = rename or {}
+    return {rename.get(name, name) for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", None) in given}
+
+
+def resumed_config(ctx: typer.Context, cfg, rename: dict[str, str] | None = None):
+    """With `--resume`: `cfg` with every option the user did not type taken from `RUN/config.json`
+    (so `--resume --out RUN` alone continues the run as it was started). Typed options are kept;
+    the stage refuses those that differ from the saved run."""
+    from dsmix_cli.engine.resume import read_run_config, restore_options
+
+    return restore_options(cfg, read_run_config(cfg.out), typed_options(ctx, rename))
 
 
 def default_run_dir(command: str) -> Path:

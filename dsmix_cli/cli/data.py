@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import JsonOpt, RootOpt, handle_errors
+from dsmix_cli.cli.common import AllowOutsideRootOpt, JsonOpt, RootOpt, handle_errors
 from dsmix_cli.data import catalog
 from dsmix_cli.data.check import check_images, describe
 from dsmix_cli.fileio import write_json
@@ -65,15 +65,18 @@ def check(
     lower_better: Annotated[Optional[bool], typer.Option(
         "--lower-better/--higher-better", help="Score direction of a 'pyiqa' or 'csv' label file.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decoding threads.")] = 4,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Validate a dataset folder before a long run: counts, score range and direction,
     references, missing and unreadable images.
 
     Exit codes: 0 all usable (or missing ones skipped), 1 unreadable images found,
-    2 bad folder or label file, or images missing without --skip-missing.
+    2 bad folder or label file (an image listed twice, an entry outside the folder, ...), or
+    images missing without --skip-missing.
     """
     to_stdout = json is not None and str(json) == "-"
-    dataset = catalog.load_dataset(name, root, skip_missing=skip_missing, csv=csv, lower_better=lower_better)
+    dataset = catalog.load_dataset(name, root, skip_missing=skip_missing, csv=csv, lower_better=lower_better,
+                                   allow_outside_root=allow_outside_root)
     if dataset.missing:
         report.warn(f"{len(dataset.missing)} of {dataset.total} images are missing "
                     f"(e.g. {catalog.format_examples(dataset.missing, dataset.root)}); "

@@ -9,13 +9,15 @@ from typing import Annotated, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import (AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt, WorkersOpt,
-                                  default_run_dir, handle_errors)
+from dsmix_cli.cli.common import (AllowOutsideRootOpt, AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt,
+                                  WorkersOpt, default_run_dir, handle_errors, resumed_config)
 from dsmix_cli.errors import DsmixError
 
-DataOpt = Annotated[Path, typer.Option(
-    "--data", help="Pairs folder: a `dsmix synthesize` output (dist_imgs.csv), KADIS-700k (ref_imgs/, "
-                   "dist_imgs/, kadis700k_ref_imgs.csv) or KADID-10k (dmos.csv).")]
+_DATA_HELP = ("Pairs folder: a `dsmix synthesize` output (dist_imgs.csv), KADIS-700k (ref_imgs/, "
+              "dist_imgs/, kadis700k_ref_imgs.csv) or KADID-10k (dmos.csv).")
+DataOpt = Annotated[Path, typer.Option("--data", help=_DATA_HELP)]
+OptionalDataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help=_DATA_HELP + " Required, except with --resume (the run's own).")]
 SkipMissingOpt = Annotated[bool, typer.Option(
     "--skip-missing", help="Use the complete pairs when some image files are missing (else stop).")]
 
@@ -31,6 +33,7 @@ def make_gt_dsm_command(
         "--dsm-model", help="Write this DSM network's predicted maps instead of the ground truth: a cache "
                             "for `qep --dsm-source maps` (a pretrain-dsm run or its dsm.safetensors).")] = None,
     device: DeviceOpt = "auto",
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Ground-truth DSMs: one map per distorted image, channel mean of |dist - ref| pooled by --pool.
 
@@ -40,7 +43,7 @@ def make_gt_dsm_command(
     from dsmix_cli.stages.make_gt_dsm import MakeGtConfig, make_gt_dsm
 
     cfg = MakeGtConfig(data=data, out=out, pool=pool, dtype=dtype, workers=workers, skip_missing=skip_missing,
-                       dsm_model=dsm_model, device=device)
+                       dsm_model=dsm_model, device=device, allow_outside_root=allow_outside_root)
     with report.Bars({"make-gt-dsm": "img"}) as bars:
         result = make_gt_dsm(cfg, on_progress=lambda done, total: bars("make-gt-dsm", done, total))
     report.info(f"make-gt-dsm: {result.written} maps written, {result.skipped} already present, "
@@ -48,7 +51,8 @@ def make_gt_dsm_command(
 
 
 def pretrain_dsm_command(
-    data: DataOpt,
+    ctx: typer.Context,
+    data: OptionalDataOpt = None,
     out: OutOpt = None,
     arch: Annotated[str, typer.Option("--arch", help="Any timm ViT (the paper: ViT-B/8).")] = "vit_base_patch8_224",
     image_size: Annotated[int, typer.Option("--image-size", help="Crop size; a multiple of the patch size.")] = 224,
@@ -87,9 +91,12 @@ def pretrain_dsm_command(
     log_every: Annotated[int, typer.Option("--log-every", min=1, help="Steps between metrics.jsonl lines.")] = 10,
     checkpoint_every: Annotated[int, typer.Option(
         "--checkpoint-every", min=1, help="Steps between last.pt saves (also at each epoch end).")] = 500,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Train the DSM network (ViT without class token + per-token decoder) on distorted/reference pairs.
 
+    `--resume --out RUN` alone continues a stopped run with its saved settings. Only a run that
+    finishes its schedule becomes the default DSM model of `qep`.
     Multi-GPU: torchrun --nproc_per_node N -m dsmix_cli pretrain-dsm ...
     """
     from dsmix_cli.stages.pretrain_dsm import PretrainDSMConfig, run_pretrain_dsm
@@ -108,7 +115,9 @@ def pretrain_dsm_command(
         channels_last=channels_last, compile=compile_,
         workers=min(4, os.cpu_count() or 1) if workers is None else workers, seed=seed, device=device,
         deterministic=deterministic, max_steps=max_steps, resume=resume, log_every=log_every,
-        checkpoint_every=checkpoint_every)
+        checkpoint_every=checkpoint_every, allow_outside_root=allow_outside_root)
+    if resume:
+        cfg = resumed_config(ctx, cfg, rename={"compile_": "compile"})
     with report.Bars({"pretrain-dsm": "step"}) as bars:
 
         def on_start(plan: dict) -> None:
@@ -124,7 +133,13 @@ def pretrain_dsm_command(
     val = f", best val MSE {result.best_val_mse:.4g}" if result.best_val_mse is not None else ""
     loss = f", last loss {result.last_loss:.4g}" if result.last_loss is not None else ""
     report.info(f"pretrain-dsm {how}: step {result.step}{loss}{val}; weights {result.weights}, preview "
-                f"{result.preview}; recorded as the default DSM model for qep")
+                f"{result.preview}")
+    if result.finished:
+        report.info(f"recorded {result.run_dir} as the default DSM model for qep")
+    else:
+        report.info(f"not recorded as the default DSM model (the schedule did not finish): use it explicitly "
+                    f"with `dsmix qep --dsm-model {result.run_dir}`, or finish it with "
+                    f"`dsmix pretrain-dsm --resume --out {result.run_dir}`")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import (UNITS, DeviceOpt, JsonOpt, ModelOpt, OutOpt, RootOpt, SeedOpt, WorkersOpt,
-                                  counter, default_run_dir, handle_errors, is_stdout, quiet_if_stdout, resolved)
+from dsmix_cli.cli.common import (UNITS, AllowOutsideRootOpt, DeviceOpt, JsonOpt, ModelOpt, OutOpt, RootOpt, SeedOpt,
+                                  WorkersOpt, counter, default_run_dir, handle_errors, is_stdout, quiet_if_stdout,
+                                  resolved)
 from dsmix_cli.fileio import write_json
 
 EncoderOpt = Annotated[Optional[str], typer.Option(
@@ -64,6 +65,7 @@ def probe(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     workers: WorkersOpt = 0,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Linear probing: frozen encoder, MLP head per split, median SRCC/PLCC (METHOD.md 5).
 
@@ -79,7 +81,8 @@ def probe(
                       splits=splits, train_ratio=train_ratio, val_ratio=val_ratio, epochs=epochs,
                       skip_missing=skip_missing, train_views=train_views, fresh_crops=fresh_crops,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, feature_norm=feature_norm,
-                      image_size=image_size, device=device, seed=seed, workers=workers)
+                      image_size=image_size, device=device, seed=seed, workers=workers,
+                      allow_outside_root=allow_outside_root)
     with report.Bars(UNITS) as bars:
         results = run_probe(cfg, on_progress=bars, on_info=report.info)
     if json is not None:
@@ -110,6 +113,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 32,
     workers: WorkersOpt = 0,
     device: DeviceOpt = "auto",
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Score every image of a dataset with a probed model and correlate with its labels."""
     from dsmix_cli.data.catalog import load_dataset
@@ -119,7 +123,7 @@ def evaluate(
 
     to_stdout = quiet_if_stdout(json)
     run = resolved("model", model, to_stderr=to_stdout)
-    ds = load_dataset(dataset, root, skip_missing=skip_missing, csv=csv)
+    ds = load_dataset(dataset, root, skip_missing=skip_missing, csv=csv, allow_outside_root=allow_outside_root)
     probed = load_bundle(run, resolve_device(device))
     with report.Bars(UNITS) as bars:
         result = evaluate_model(probed, ds, batch_size=batch_size, workers=workers,
@@ -159,6 +163,7 @@ def cross_eval(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     workers: WorkersOpt = 0,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Cross-dataset test (Re-IQA protocol): head trained on all of --train, tested on all of --test."""
     from dsmix_cli.evaluation.cross_eval import CrossEvalConfig, run_cross_eval
@@ -172,7 +177,7 @@ def cross_eval(
                           test_csv=str(test_csv) if test_csv else None, epochs=epochs, skip_missing=skip_missing,
                           train_views=train_views, fresh_crops=fresh_crops, batch_size=batch_size, lr=lr,
                           weight_decay=weight_decay, feature_norm=feature_norm, image_size=image_size,
-                          device=device, seed=seed, workers=workers)
+                          device=device, seed=seed, workers=workers, allow_outside_root=allow_outside_root)
     with report.Bars(UNITS) as bars:
         result = run_cross_eval(cfg, on_progress=bars, on_info=None if to_stdout else report.info)
     if json is not None:

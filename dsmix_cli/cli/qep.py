@@ -9,11 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import (AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt, WorkersOpt,
-                                  default_run_dir, handle_errors, parse_int_list)
+from dsmix_cli.cli.common import (AllowOutsideRootOpt, AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt,
+                                  WorkersOpt, default_run_dir, handle_errors, parse_int_list, resumed_config)
 
 
 def qep(
+    ctx: typer.Context,
     data: Annotated[Optional[Path], typer.Option(
         "--data", help="Pre-generated pairs: a `dsmix synthesize` folder, KADID-10k or KADIS-700k.")] = None,
     refs: Annotated[Optional[Path], typer.Option(
@@ -68,11 +69,13 @@ def qep(
     log_every: Annotated[int, typer.Option("--log-every", min=1, help="Steps between metrics.jsonl lines.")] = 10,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 500,
     out: OutOpt = None,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Quality-encoder pre-training (QEP): DSMix + soft cross-entropy + semantic KD (METHOD.md 3-4).
 
     Writes RUN/config.json, metrics.jsonl, last.pt/best.pt and RUN/encoder.safetensors (the
-    encoder `dsmix probe --encoder RUN` loads); a clean end makes RUN the default encoder.
+    encoder `dsmix probe --encoder RUN` loads); a run that finishes its schedule becomes the
+    default encoder. `--resume --out RUN` alone continues a stopped run with its saved settings.
     """
     from dsmix_cli.stages.qep import QEPConfig, run_qep
 
@@ -90,13 +93,20 @@ def qep(
         lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, weight_decay=weight_decay, flip=flip, workers=workers,
         amp=amp, channels_last=channels_last, compile=compile_model,
         seed=seed, device=device, max_steps=max_steps, resume=resume,
-        log_every=log_every, checkpoint_every=checkpoint_every)
+        log_every=log_every, checkpoint_every=checkpoint_every, allow_outside_root=allow_outside_root)
+    if resume:
+        cfg = resumed_config(ctx, cfg, rename={"compile_model": "compile"})
     with report.Bars({"qep": "step"}) as bars:
         result = run_qep(cfg, info=report.info, on_progress=lambda p: bars(
             "qep", p["step"], p["total"], loss=p["loss"], lr=p["lr"]))
     loss = "n/a" if result["last_loss"] is None else f"{result['last_loss']:.4f}"
-    report.info(f"qep: stopped at step {result['step']} (loss {loss}); encoder {result['encoder']} "
-                f"is now the default encoder")
+    if result["finished"]:
+        report.info(f"qep: finished at step {result['step']} (loss {loss}); encoder {result['encoder']} "
+                    f"is now the default encoder")
+    else:
+        report.info(f"qep: stopped at step {result['step']} (loss {loss}) before the end of the schedule: not "
+                    f"recorded as the default encoder; use it explicitly with `--encoder {result['run']}`, or "
+                    f"finish it with `dsmix qep --resume --out {result['run']}`")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import DeviceOpt, SeedOpt, handle_errors, parse_int_list
+from dsmix_cli.cli.common import AllowOutsideRootOpt, DeviceOpt, SeedOpt, handle_errors, parse_int_list
 from dsmix_cli.errors import DsmixError
 
 
@@ -36,6 +36,7 @@ def synthesize_command(
         "--no-mapmm", help="Skip the MATLAB dispatcher's min-max rescale before and after each distortion.")] = False,
     dncnn: Annotated[Optional[Path], typer.Option(
         "--dncnn", help="DnCNN state dict (.pth/.safetensors) for type 15 instead of the substitute.")] = None,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Write KADIS/KADID-style distorted images: D/dist_imgs/<stem>_<tt>_<ll>.<ext> and D/dist_imgs.csv.
 
@@ -48,7 +49,7 @@ def synthesize_command(
         types=parse_int_list(types, 1, 25, "--types") if types is not None else None,
         levels=parse_int_list(levels, 1, 5, "--levels"), csv=csv_file, official_type_8=official_type_8,
         skip_missing=skip_missing, fmt=fmt.lower(), workers=workers, device=device, seed=seed,
-        batch_size=batch_size, mapmm=not no_mapmm, dncnn=dncnn)
+        batch_size=batch_size, mapmm=not no_mapmm, dncnn=dncnn, allow_outside_root=allow_outside_root)
     plan = plan_run(config)
     if plan.existing:
         report.info(f"{plan.existing} of {len(plan.jobs)} images already present: skipped")

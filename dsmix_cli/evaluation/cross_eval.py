@@ -52,6 +52,7 @@ class CrossEvalConfig:
     device: str = "auto"
     seed: int = 0
     workers: int = 0
+    allow_outside_root: bool = False  # accept label entries that resolve outside the dataset folders
 
 
 def run_cross_eval(cfg: CrossEvalConfig, on_progress: Callable[[str, int, int], None] | None = None,
@@ -71,7 +72,7 @@ def run_cross_eval(cfg: CrossEvalConfig, on_progress: Callable[[str, int, int], 
 
     def load(name, root, csv):
         return load_dataset(name, Path(root) if root else None, skip_missing=cfg.skip_missing,
-                            csv=Path(csv) if csv else None)
+                            csv=Path(csv) if csv else None, allow_outside_root=cfg.allow_outside_root)
 
     source, target = load(cfg.train, cfg.train_root, cfg.train_csv), load(cfg.test, cfg.test_root, cfg.test_csv)
     encoder = load_encoder(cfg.encoder, device, seed=cfg.seed)

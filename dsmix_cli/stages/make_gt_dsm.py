@@ -48,6 +48,7 @@ class MakeGtConfig:
     skip_missing: bool = False
     dsm_model: Path | None = None  # write the DSM network's predicted maps instead of the GT
     device: str = "cpu"  # where the DSM network runs
+    allow_outside_root: bool = False  # accept manifest entries that resolve outside --data
 
 
 @dataclass
@@ -92,7 +93,7 @@ def make_gt_dsm(cfg: MakeGtConfig, on_progress: Callable[[int, int], None] | Non
         raise DsmixError(f"--dtype {cfg.dtype!r}: expected float16 or float32")
     if cfg.pool < 1:
         raise DsmixError(f"--pool {cfg.pool}: must be at least 1")
-    pairs = load_pairs(cfg.data, skip_missing=cfg.skip_missing)
+    pairs = load_pairs(cfg.data, skip_missing=cfg.skip_missing, allow_outside_root=cfg.allow_outside_root)
     stems = Counter(p.dist.stem for p in pairs)
     clashes = [s for s, n in stems.items() if n > 1]
     if clashes:

@@ -73,6 +73,7 @@ class ProbeConfig:
     feature_norm: bool = True  # standardise the head's input with training-feature statistics
     final_head: bool = True  # train the bundle's head on all images
     record: bool = True  # record the bundle as the default model
+    allow_outside_root: bool = False  # accept label entries that resolve outside the dataset folder
 
 
 def default_epochs(dataset: str) -> int:
@@ -305,7 +306,8 @@ def run_probe(cfg: ProbeConfig, on_progress: ProgressFn | None = None,
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     dataset = load_dataset(cfg.dataset, Path(cfg.root) if cfg.root else None, skip_missing=cfg.skip_missing,
-                           csv=Path(cfg.csv) if cfg.csv else None, lower_better=cfg.lower_better)
+                           csv=Path(cfg.csv) if cfg.csv else None, lower_better=cfg.lower_better,
+                           allow_outside_root=cfg.allow_outside_root)
     make_splits(dataset, cfg.splits, cfg.train_ratio, cfg.val_ratio, cfg.seed)  # fail early on bad ratios
     encoder = load_encoder(cfg.encoder, device, seed=cfg.seed)
     say(f"encoder: {encoder.description}; dataset: {dataset.name} ({len(dataset.items)} images"

@@ -13,6 +13,7 @@ type and level drawn uniformly per sample from the step's generator.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -24,9 +25,10 @@ from torch.utils.data import Dataset, default_collate
 from dsmix_cli import defaults
 from dsmix_cli.dsmix import LABEL_MODES, mix, mix_weights, pristine_targets, soft_targets
 from dsmix_cli.engine import schedules
-from dsmix_cli.engine.checkpoint import export_weights, load_checkpoint
+from dsmix_cli.engine.checkpoint import export_weights
 from dsmix_cli.engine.data import epoch_loader, split_keys, steps_per_epoch
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
+from dsmix_cli.engine.resume import check_resume_config, read_run_config
 from dsmix_cli.engine.runtime import (generator, init_distributed, resolve_amp, resolve_device,
                                       seed_everything)
 from dsmix_cli.errors import CheckpointError, DatasetError, DsmixError
@@ -39,9 +41,6 @@ from dsmix_cli.models.resnet import RESNET_ARCHS, build_resnet, input_stats
 KIND = "qep"
 ENCODER_FILE = "encoder.safetensors"
 DSM_SOURCES = ("model", "gt", "maps")
-# Config keys a resumed run must share with the checkpoint (they define the model or schedule).
-_RESUME_KEYS = ("arch", "joint_head", "head_hidden", "batch_size", "epochs", "image_size", "epoch_size",
-                "data", "refs", "on_the_fly", "mix", "label_mode", "seed", "lr")
 
 
 @dataclass
@@ -95,6 +94,7 @@ class QEPConfig:
     resume: bool = False
     log_every: int = 10
     checkpoint_every: int = 500
+    allow_outside_root: bool = False  # --data: accept manifest entries that resolve outside the folder
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -113,7 +113,7 @@ class QEPConfig:
             "on_the_fly": "type and level uniform per sample (drawn with its crop); JPEG2000 and colour "
                           "quantization applied to the crop in the loader workers, the rest batched on the device",
         }
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+        return {k: (os.path.abspath(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
 # ------------------------------------------------------------------------------------- data
@@ -195,8 +195,8 @@ def _pair_dataset(cfg: QEPConfig) -> Dataset:
     from dsmix_cli.data.pairs import PairCropDataset, load_pairs
 
     maps = Path(cfg.dsm_maps) if cfg.dsm_source == "maps" else None
-    return PairCropDataset(load_pairs(Path(cfg.data)), cfg.image_size, cfg.seed, flip=cfg.flip, gt_maps=maps,
-                           pool=cfg.dsm_pool)
+    pairs = load_pairs(Path(cfg.data), allow_outside_root=cfg.allow_outside_root)
+    return PairCropDataset(pairs, cfg.image_size, cfg.seed, flip=cfg.flip, gt_maps=maps, pool=cfg.dsm_pool)
 
 
 # ------------------------------------------------------------------------------------- checks
@@ -251,13 +251,6 @@ def validate_config(cfg: QEPConfig) -> None:
         raise DsmixError("already holds a run; use --resume to continue it or choose another --out", out)
 
 
-def _check_resume_config(cfg: dict, saved: dict, out: Path) -> None:
-    diff = [k for k in _RESUME_KEYS if saved.get(k) != cfg.get(k)]
-    if diff:
-        raise CheckpointError("--resume with different settings: " + ", ".join(
-            f"{k} was {saved.get(k)!r}, now {cfg.get(k)!r}" for k in diff), out / "last.pt")
-
-
 # ------------------------------------------------------------------------------------- DSM source
 
 def _dsm_source(cfg: QEPConfig, device: torch.device, info: Callable[[str], None]):
@@ -275,7 +268,7 @@ def _dsm_source(cfg: QEPConfig, device: torch.device, info: Callable[[str], None
     net = load_dsm_model(resolved.value, device)
     if net.image_size != cfg.image_size:
         info(f"note: the DSM model was trained at {net.image_size} px, QEP crops are {cfg.image_size} px")
-    return (lambda dist, ref, batch: net.predict(dist).clamp_min(0)), resolved.value
+    return (lambda dist, ref, batch: net.predict(dist).clamp_min(0)), os.path.abspath(resolved.value)
 
 
 # ------------------------------------------------------------------------------------- the stage
@@ -355,6 +348,9 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     """
     validate_config(cfg)
     out = Path(cfg.out)
+    saved = read_run_config(out) if cfg.resume else {}
+    if cfg.resume:  # the options first, before any work; the derived values below
+        check_resume_config(saved, cfg.to_dict(), out, keys=cfg.to_dict())
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     dist_info = init_distributed(device)
@@ -390,16 +386,16 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     if spe < 1:
         raise DsmixError(f"{len(dataset)} training samples are fewer than one batch of {cfg.batch_size}: "
                          f"lower --batch-size or add data")
-    saved = load_checkpoint(out / "last.pt", kind=KIND)["config"] if cfg.resume else {}
+    dsm_cfg = cfg
     if cfg.dsm_source == "model" and cfg.dsm_model is None and saved.get("dsm_model_resolved"):
-        cfg = replace(cfg, dsm_model=saved["dsm_model_resolved"])  # a resumed run keeps its DSM network
-    dsm_fn, dsm_model = _dsm_source(cfg, device, info)
+        dsm_cfg = replace(cfg, dsm_model=saved["dsm_model_resolved"])  # a resumed run keeps its DSM network
+    dsm_fn, dsm_model = _dsm_source(dsm_cfg, device, info)
 
     config = cfg.to_dict()
     config.update(dsm_model_resolved=dsm_model, steps_per_epoch=spe, total_steps=spe * cfg.epochs, amp=amp,
                   world_size=world, per_rank_batch=per_rank)
     if cfg.resume:
-        _check_resume_config(config, saved, out)
+        check_resume_config(saved, config, out)
 
     student = build_resnet(cfg.arch, pretrained=(cfg.student_weights or True) if cfg.pretrained else False)
     model = QualityEncoderNet(student, joint_head=cfg.joint_head, hidden=cfg.head_hidden).to(device)
@@ -445,7 +441,7 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
                  batches=batches, training_step=make_training_step(cfg, device, dsm_fn, teacher, distort),
                  loop=loop, device=device, dist_info=dist_info, resume=cfg.resume, on_progress=on_progress,
                  on_save=on_save)
-    if dist_info.is_main:
+    if dist_info.is_main and result.finished:  # the chain of defaults holds finished runs only
         defaults.record_default("encoder", out)
     return {"run": str(out), "step": result.step, "finished": result.finished, "last_loss": result.last_loss,
             "encoder": str(out / ENCODER_FILE)}
