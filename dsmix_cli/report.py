@@ -11,6 +11,7 @@ width and left as single lines in logs.
 from __future__ import annotations
 
 import sys
+import textwrap
 import time
 from typing import Any, Iterable, Sequence
 
@@ -89,6 +90,26 @@ def _clock(seconds: float) -> str:
     """0:00:12-style elapsed time."""
     s = int(round(seconds))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def blocks(entries: Iterable[tuple[str, Sequence[tuple[str, str]]]]) -> None:
+    """Print records as blocks: a bold heading line, then indented `key  value` lines whose values
+    wrap between words under themselves. Fits any width (80 columns included), unlike a wide table.
+
+    Args:
+        entries: (heading, [(key, value), ...]) per block; a blank line follows each block.
+    """
+    width = max(console.width, 40)
+    for heading, fields in entries:
+        console.print(heading, markup=False, style="bold", soft_wrap=True)
+        key_w = max((len(k) for k, _ in fields), default=0)
+        indent = 2 + key_w + 2
+        for key, value in fields:
+            lines = textwrap.wrap(str(value), width=width - indent, break_on_hyphens=False) or [""]
+            console.print(f"  {key.ljust(key_w)}  {lines[0]}", markup=False, soft_wrap=True, highlight=False)
+            for line in lines[1:]:
+                console.print(" " * indent + line, markup=False, soft_wrap=True)
+        console.print()
 
 
 BAR_WIDTH = 20
