@@ -49,7 +49,11 @@ def test_demo_runs_end_to_end_without_touching_user_defaults(tmp_path, monkeypat
         assert (tmp_path / "demo" / name).is_dir()
     assert (tmp_path / "demo" / "qep" / "encoder.safetensors").is_file()
     assert out["probe"]["encoder"].endswith("qep/encoder.safetensors")
-    # CLI.md: `dsmix score` uses the model of the last probe or demo run; the user's other records
+    # the demo's own head keeps its scores on the labels' 0..1 scale (standardised features of the
+    # toy encoder gave -5 and below)
+    assert out["probe"]["config"]["feature_norm"] is False
+    assert all(0.0 <= s["score"] <= 1.0 for s in out["scores"]), out["scores"]
+    # `dsmix score` uses the model of the last probe or demo run; the user's other records
     # are as they were (the demo's DSM model and encoder stay in its own home)
     after = json.loads((home / "defaults.json").read_text())
     assert after["model"] == str((tmp_path / "demo" / "probe").resolve()) != before["model"]

@@ -27,11 +27,41 @@ def _direction(info: catalog.DatasetInfo) -> str:
     return f"{info.label}, {arrow}, {lo:g}-{hi:g}"
 
 
+def _kind(info: catalog.DatasetInfo) -> str:
+    if info.name == "pyiqa":
+        return "an FR file is synthetic (split by reference), an NR file authentic"
+    if info.name in catalog.CSV_LAYOUTS:
+        return "synthetic (split by reference) with a ref column, else authentic"
+    return "synthetic: split by reference" if info.synthetic else "authentic: split by image"
+
+
+def _block(info: catalog.DatasetInfo, details: bool) -> tuple[str, list[tuple[str, str]]]:
+    """One dataset as a block of `key  value` lines (`details`: also where it is looked for)."""
+    heading = info.name + (f" (aliases: {', '.join(info.aliases)})" if info.aliases else "")
+    counts = [f"{info.images:,} images" if info.images is not None else "images: as listed"]
+    if info.epochs:
+        counts.append(f"probe epochs {info.epochs}")
+    fields = [("what", info.description), ("type", _kind(info)), ("scores", _direction(info)),
+              ("size", ", ".join(counts)), ("layout", info.layout)]
+    if details:
+        where = ("--root (default: the CSV's folder)" if info.name in catalog.CSV_LAYOUTS
+                 else f"--root, else {catalog.resolve_root(info.name, None)}")
+        fields.append(("looked for", where))
+    return heading, fields
+
+
 @data_app.command("list")
 @handle_errors
-def list_datasets(json: JsonOpt = None) -> None:
-    """List the dataset names the tool knows, with their type, scores and expected layout."""
-    infos = list(catalog.DATASETS.values())
+def list_datasets(
+    name: Annotated[Optional[str], typer.Argument(
+        metavar="NAME", help="One dataset (name or alias): its block, and where it is looked for.")] = None,
+    json: JsonOpt = None,
+) -> None:
+    """List the dataset names the tool knows: type, scores, size and expected layout, one block each.
+
+    Example: dsmix data list clive
+    """
+    infos = [catalog.DATASETS[catalog.canonical_name(name)]] if name else list(catalog.DATASETS.values())
     if json is not None:
         write_json(json, [{
             "name": i.name, "aliases": list(i.aliases), "description": i.description,
@@ -40,14 +70,9 @@ def list_datasets(json: JsonOpt = None) -> None:
             "epochs": i.epochs, "layout": i.layout} for i in infos])
         if str(json) == "-":
             return
-    rows = [(i.name, ", ".join(i.aliases) or "-",
-             "synthetic" if i.synthetic else ("authentic" if i.name not in catalog.CSV_LAYOUTS else "either"),
-             _direction(i), i.images if i.images is not None else "-", i.epochs or "-", i.layout)
-            for i in infos]
-    report.table("Datasets (dsmix data check NAME --root DIR)",
-                 ["name", "aliases", "type", "score", "images", "LP epochs", "expected layout under --root"], rows)
-    report.info("Default root: --root, else $DSMIX_DATA/<name>, else ./datasets/<name>. "
-                "Details: docs/datasets.md")
+    report.blocks([_block(i, details=name is not None) for i in infos])
+    report.info("Check a folder: dsmix data check NAME --root DIR")
+    report.info("Default root: $DSMIX_DATA/<name>, else ./datasets/<name>. More: docs/datasets.md")
 
 
 @data_app.command("check")

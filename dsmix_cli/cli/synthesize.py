@@ -95,8 +95,9 @@ def contact_sheet_command(
     if not (8 <= th <= 384 and 8 <= tw <= 512):
         raise DsmixError(f"--thumb {thumb!r}: expected at most 384x512")
     set_denoiser(dncnn)
-    path = render_contact_sheet(ref, out, seed=seed, device=resolve_device(device), thumb=(th, tw), zoom=zoom,
-                                caption=caption)
+    with report.Bars({"contact-sheet": "type"}) as bars:
+        path = render_contact_sheet(ref, out, seed=seed, device=resolve_device(device), thumb=(th, tw), zoom=zoom,
+                                    caption=caption, on_progress=lambda done, total: bars("contact-sheet", done, total))
     report.info(f"contact sheet written to {path}")
 
 

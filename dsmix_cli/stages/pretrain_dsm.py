@@ -24,7 +24,7 @@ from dsmix_cli import defaults
 from dsmix_cli.data.pairs import PairCropDataset, load_pairs, split_by_reference
 from dsmix_cli.dsm.gt import gt_dsm
 from dsmix_cli.dsm.network import DEFAULT_ARCH, DECODERS, WEIGHTS_FILE, DSMNet, build_dsm_net
-from dsmix_cli.dsm.preview import save_preview
+from dsmix_cli.dsm.preview import preview_label, save_preview
 from dsmix_cli.engine import schedules
 from dsmix_cli.engine.checkpoint import export_weights
 from dsmix_cli.engine.data import epoch_loader, steps_per_epoch
@@ -251,7 +251,8 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
         with torch.no_grad(), autocast(device, amp):
             pred = m(x).float()
         m.train(was_training)
-        save_preview(run_dir / PREVIEW_FILE, batch["dist"], batch["ref"], gt.cpu(), pred.cpu(), title)
+        save_preview(run_dir / PREVIEW_FILE, batch["dist"], batch["ref"], gt.cpu(), pred.cpu(), title,
+                     labels=[preview_label(p, cfg.image_size) for p in preview_ds.pairs])
 
     def validate(m: DSMNet) -> dict[str, float]:
         metrics: dict[str, float] = {}
