@@ -28,7 +28,7 @@ def _direction(info: catalog.DatasetInfo) -> str:
 
 
 @data_app.command("list")
-@handle_errors
+@handle_errors(out_files=("json",))
 def list_datasets(json: JsonOpt = None) -> None:
     """List the dataset names the tool knows, with their type, scores and expected layout."""
     infos = list(catalog.DATASETS.values())
@@ -51,7 +51,7 @@ def list_datasets(json: JsonOpt = None) -> None:
 
 
 @data_app.command("check")
-@handle_errors
+@handle_errors(images=True, out_files=("json",))
 def check(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name or alias (see `dsmix data list`).")],
     root: RootOpt = None,

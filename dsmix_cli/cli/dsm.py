@@ -129,5 +129,5 @@ def pretrain_dsm_command(
 
 def register(app: typer.Typer) -> None:
     """Add `make-gt-dsm` and `pretrain-dsm` to the app."""
-    app.command("make-gt-dsm")(handle_errors(make_gt_dsm_command))
-    app.command("pretrain-dsm")(handle_errors(pretrain_dsm_command))
+    app.command("make-gt-dsm")(handle_errors(make_gt_dsm_command, images=True, out_dirs=("out",)))
+    app.command("pretrain-dsm")(handle_errors(pretrain_dsm_command, images=True, out_dirs=("out",)))

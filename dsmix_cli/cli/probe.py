@@ -184,6 +184,6 @@ def cross_eval(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("probe")(handle_errors(probe))
-    app.command("evaluate")(handle_errors(evaluate))
-    app.command("cross-eval")(handle_errors(cross_eval))
+    app.command("probe")(handle_errors(probe, images=True, out_dirs=("out",), out_files=("json",)))
+    app.command("evaluate")(handle_errors(evaluate, images=True, out_files=("json",)))
+    app.command("cross-eval")(handle_errors(cross_eval, images=True, out_dirs=("out",), out_files=("json",)))

@@ -100,4 +100,4 @@ def qep(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("qep")(handle_errors(qep))
+    app.command("qep")(handle_errors(qep, images=True, out_dirs=("out",)))

@@ -100,5 +100,5 @@ def contact_sheet_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("synthesize")(handle_errors(synthesize_command))
-    app.command("contact-sheet")(handle_errors(contact_sheet_command))
+    app.command("synthesize")(handle_errors(synthesize_command, images=True, out_dirs=("out",)))
+    app.command("contact-sheet")(handle_errors(contact_sheet_command, images=True, out_files=("out",)))
