@@ -180,6 +180,15 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.detach().clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
 
 
+def check_image_extension(path: str | Path, what: str) -> None:
+    """Raise a `DsmixError` (exit 2) unless Pillow can write an image named `path` (by its extension)."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise DsmixError(f"{what}: {path.suffix or 'no extension'!r} is not an image format this tool can write; "
+                         "use .png or .jpg", path)
+
+
 def save_image_atomic(image: torch.Tensor | Image.Image, path: str | Path, **save_kwargs) -> None:
     """Write an image under a temporary name in the same folder, then rename it into place.
 

@@ -32,6 +32,25 @@ MaxPixelsOpt = Annotated[Optional[int], typer.Option(
          "decompression bombs; 0 = no limit. Default: 64000000 (8000x8000), or $DSMIX_MAX_PIXELS.")]
 
 
+SkipBadOpt = Annotated[bool, typer.Option(
+    "--skip-bad", help="An image that cannot be decoded during training is replaced by the next readable "
+                       "sample (the same one on every run, so --resume stays exact) and named at the end, exit "
+                       "code 1. Without it the run stops there (exit 1; fix the file, then --resume).")]
+
+
+def finish_with_skipped(lines: list[str], shown: int = 20) -> None:
+    """After a run with --skip-bad: name every skipped input on stderr and exit 1 (if any)."""
+    if not lines:
+        return
+    for line in lines[:shown]:
+        report.warn(f"skipped: {line}")
+    if len(lines) > shown:
+        report.warn(f"... and {len(lines) - shown} more")
+    report.error(f"{len(lines)} unreadable input(s) were replaced by readable ones (--skip-bad); the run "
+                 "finished without them")
+    raise typer.Exit(code=1)
+
+
 def _option_name(fn: Callable, param: str) -> str:
     """The first flag of a command's option (`--csv` for `csv_file`), for messages."""
     hint = typing.get_type_hints(fn, include_extras=True).get(param)

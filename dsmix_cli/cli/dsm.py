@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import (AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt, WorkersOpt,
-                                  default_run_dir, handle_errors)
+from dsmix_cli.cli.common import (AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt, SkipBadOpt,
+                                  WorkersOpt, default_run_dir, finish_with_skipped, handle_errors)
 from dsmix_cli.errors import DsmixError
 
 DataOpt = Annotated[Path, typer.Option(
@@ -35,7 +35,9 @@ def make_gt_dsm_command(
     """Ground-truth DSMs: one map per distorted image, channel mean of |dist - ref| pooled by --pool.
 
     Existing maps are kept, so a rerun resumes. With --dsm-model, the DSM network's predicted
-    maps of the whole images instead (computed once, reused by `qep --dsm-source maps`).
+    maps of the whole images instead (computed once, reused by `qep --dsm-source maps`). A pair
+    that cannot be read (an undecodable image, sizes that differ) gets no map and is named on
+    stderr; the others are written and the exit code is 1.
     """
     from dsmix_cli.stages.make_gt_dsm import MakeGtConfig, make_gt_dsm
 
@@ -45,6 +47,12 @@ def make_gt_dsm_command(
         result = make_gt_dsm(cfg, on_progress=lambda done, total: bars("make-gt-dsm", done, total))
     report.info(f"make-gt-dsm: {result.written} maps written, {result.skipped} already present, "
                 f"{result.total} in all -> {result.out}")
+    for line in result.failed:
+        report.error(f"no map: {line}")
+    if result.failed:
+        report.error(f"{len(result.failed)} pair(s) could not be used and have no map; the other maps are "
+                     "written (a rerun tries those pairs again)")
+        raise typer.Exit(code=1)
 
 
 def pretrain_dsm_command(
@@ -74,6 +82,7 @@ def pretrain_dsm_command(
     gt_maps: Annotated[Optional[Path], typer.Option(
         "--gt-maps", help="Read ground truth from `make-gt-dsm` maps instead of computing it.")] = None,
     skip_missing: SkipMissingOpt = False,
+    skip_bad: SkipBadOpt = False,
     amp: AmpOpt = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
@@ -104,7 +113,8 @@ def pretrain_dsm_command(
         data=data, out=out, arch=arch, image_size=image_size, decoder=decoder, pretrained=pretrained or
         weights is not None, weights=weights, depth=depth, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, val_fraction=val_fraction,
-        val_max_images=val_max_images, flip=flip, gt_maps=gt_maps, skip_missing=skip_missing, amp=amp,
+        val_max_images=val_max_images, flip=flip, gt_maps=gt_maps, skip_missing=skip_missing, skip_bad=skip_bad,
+        amp=amp,
         channels_last=channels_last, compile=compile_,
         workers=min(4, os.cpu_count() or 1) if workers is None else workers, seed=seed, device=device,
         deterministic=deterministic, max_steps=max_steps, resume=resume, log_every=log_every,
@@ -125,6 +135,7 @@ def pretrain_dsm_command(
     loss = f", last loss {result.last_loss:.4g}" if result.last_loss is not None else ""
     report.info(f"pretrain-dsm {how}: step {result.step}{loss}{val}; weights {result.weights}, preview "
                 f"{result.preview}; recorded as the default DSM model for qep")
+    finish_with_skipped(result.skipped)
 
 
 def register(app: typer.Typer) -> None:

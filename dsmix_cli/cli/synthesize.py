@@ -87,6 +87,9 @@ def contact_sheet_command(
     from dsmix_cli.distortions import set_denoiser
     from dsmix_cli.engine.runtime import resolve_device
 
+    from dsmix_cli.imageio import check_image_extension
+
+    check_image_extension(out, "--out")  # before the rendering, not after it
     try:
         th, tw = (int(v) for v in thumb.lower().split("x"))
     except ValueError:
