@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ from dsmix_cli.fileio import atomic_open
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # The limit is ours (checked on the header in `load_rgb`), not Pillow's warning at 89 MP.
 Image.MAX_IMAGE_PIXELS = None
+# A damaged EXIF block costs only the orientation (the pixels are read as stored): no warning.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MAX_PIXELS_ENV = "DSMIX_MAX_PIXELS"

@@ -16,7 +16,6 @@ A file that is not what it claims (a pickle that would run code, a crafted safet
 from __future__ import annotations
 
 import json
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -28,18 +27,19 @@ from dsmix_cli.errors import CheckpointError
 from dsmix_cli.fileio import atomic_open
 
 FORMAT_VERSION = 1
-_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def _refusal(exc: Exception, what: str) -> str:
     """One line saying why `torch.load(weights_only=True)` or safetensors refused a file."""
     text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+    if "Weights only load failed" in text:
         found = _GLOBAL.search(text)
-        named = f" (it names {found.group(1)})" if found else ""
-        return (f"refused: not a {what} of tensors and plain values; it holds pickled Python objects that "
-                f"could run code when loaded{named}. dsmix never runs code from a file: export the weights "
-                f"as a plain state dict or safetensors")
+        if found:
+            return (f"refused: it holds pickled Python objects ({found.group(1)}) that would run code when "
+                    f"loaded, not a {what} of tensors and plain values; dsmix never runs code from a file "
+                    f"(export the weights as a plain state dict or safetensors)")
+        return f"not a readable {what} (not a file torch.save wrote, or damaged)"
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"not a readable {what} ({type(exc).__name__}{': ' + first[:200] if first else ''})"
 
