@@ -42,8 +42,8 @@ from dsmix_cli.imageio import crops_uint8, is_image_file, load_rgb, pil_to_tenso
 from dsmix_cli.paths import glob_files, has_magic, path_text, walk_files
 
 CSV_COLUMNS = ("path", "score", "note")
-BELOW = "below the training labels' range (under 0: worse than the worst training image)"
-ABOVE = "above the training labels' range (over 1: better than the best training image)"
+BELOW = "below the training labels' range"  # under 0: worse than the worst training image
+ABOVE = "above the training labels' range"  # over 1: better than the best training image
 
 
 def range_note(score: float | None) -> str:
