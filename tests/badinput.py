@@ -180,7 +180,7 @@ def bad_label_files(folder: Path, image: str) -> dict[str, str]:
         "no-score-column.csv": (f"name\n{image}\n", "score"),
         "text-score.csv": (f"name,score\n{image},good\n", "not a number"),
         "inf-score.csv": (f"name,score\n{image},inf\n", "finite"),
-        "nan-score.csv": (f"name,score\n{image},nan\n", "NaN"),
+        "nan-score.csv": (f"name,score\n{image},nan\n", "finite"),
         "short-row.csv": (f"name,score\n{image}\n", "column"),
         "empty.csv": ("", "empty"),
         "header-only.csv": ("name,score\n", "no images"),

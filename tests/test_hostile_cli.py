@@ -200,3 +200,227 @@ def test_score_has_no_warning_or_traceback_in_a_real_process(tmp_path, model):
     assert len([line for line in lines if line.startswith("error: cannot score")]) == len(c.bad) - 2
     assert "fifo.png: skipped: not a regular file" in err
     assert len(proc.stdout.decode("utf-8").splitlines()) == 1 + len(c.good)
+
+
+# ---------------------------------------------------------------------------------- synthesize
+
+def _refs_with_bad(folder: Path) -> tuple[list[Path], list[Path]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    good = []
+    for i in range(3):
+        (folder / f"r{i}.png").write_bytes(encoded(photo(40 + i), "PNG"))
+        good.append(folder / f"r{i}.png")
+    png = encoded(photo(50), "PNG")
+    (folder / "cut.png").write_bytes(png[: len(png) // 2])
+    (folder / "zero.jpg").write_bytes(b"")
+    return good, [folder / "cut.png", folder / "zero.jpg"]
+
+
+SYNTH = ["--types", "1", "--levels", "1,2", "--workers", "1", "--device", "cpu", "--batch-size", "2"]
+
+
+def test_synthesize_names_bad_references_and_survives_a_full_disk(tmp_path, monkeypatch):
+    """Point 2 and the corpus: unreadable references are named (exit 1), a full disk is one line
+    (exit 1) with only whole images left, and running the command again completes the folder."""
+    good, bad = _refs_with_bad(tmp_path / "refs")
+    (tmp_path / "blocker").write_text("x")
+    res = cli("synthesize", "--refs", tmp_path / "refs", "--out", tmp_path / "blocker" / "D", *SYNTH)
+    assert res.exit_code == 2 and "is a file, not a folder" in res.stderr  # before any work
+
+    out = tmp_path / "D"
+    calls = _full_disk_after(monkeypatch, 3)
+    res = cli("synthesize", "--refs", tmp_path / "refs", "--out", out, *SYNTH)
+    assert res.exit_code == 1 and calls[0] > 3
+    assert "cannot write (no space left on the device)" in res.stderr and len(error_lines(res)) == 1
+    written = sorted((out / "dist_imgs").glob("*.png"))
+    assert 0 < len(written) <= 3 and leftovers(out) == []
+    for p in written:
+        Image.open(p).load()  # every file under a final name is whole
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    res = cli("synthesize", "--refs", tmp_path / "refs", "--out", out, *SYNTH)
+    assert res.exit_code == 1  # the unreadable references remain
+    for p in bad:
+        assert p.name in res.stderr and "its images were not written" in res.stderr
+    assert len(list((out / "dist_imgs").glob("*.png"))) == 2 * len(good)
+    rows = list(csv.DictReader((out / "dist_imgs.csv").open()))
+    assert len(rows) == 2 * len(good)
+
+
+def test_contact_sheet_checks_its_output_before_rendering(tmp_path, monkeypatch):
+    """Point 10: a bad --out is refused at once, not after the rendering."""
+    import dsmix_cli.contact_sheet as sheet
+
+    (tmp_path / "notes.png").write_text("not an image")
+    for bad_ref in (tmp_path / "none.png", tmp_path / "notes.png"):  # read first, before any rendering
+        res = cli("contact-sheet", "--ref", bad_ref, "--out", tmp_path / "s.png", "--device", "cpu")
+        assert res.exit_code == 2 and str(bad_ref) in res.stderr and len(error_lines(res)) == 1
+    monkeypatch.setattr(sheet, "render_contact_sheet", lambda *a, **k: pytest.fail("rendered first"))
+    ref = tmp_path / "r.png"
+    ref.write_bytes(encoded(photo(1), "PNG"))
+    for out, words in ((tmp_path / "sheet.txt", "not an image format"), (tmp_path, "names a folder")):
+        res = cli("contact-sheet", "--ref", ref, "--out", out, "--device", "cpu")
+        assert res.exit_code == 2 and words in res.stderr and len(error_lines(res)) == 1
+
+
+# ---------------------------------------------------------------------------------- make-gt-dsm
+
+def _break_pairs(data: Path) -> dict[str, str]:
+    """Damage a synthesize-style folder: a truncated distorted image, a pair of different sizes,
+    a 1x1 pair. Returns distorted file name -> a word its message must hold."""
+    dist = sorted((data / "dist_imgs").glob("*.png"))
+    raw = dist[0].read_bytes()
+    dist[0].write_bytes(raw[: len(raw) // 2])
+    Image.fromarray(photo(60, h=30, w=30)).save(dist[1])
+    rows = list(csv.reader((data / "dist_imgs.csv").open()))
+    Image.fromarray(photo(61, h=1, w=1)).save(data / "dist_imgs" / "one_01_01.png")
+    Image.fromarray(photo(62, h=1, w=1)).save(data / "ref_imgs" / "one.png")
+    rows.append(["dist_imgs/one_01_01.png", "ref_imgs/one.png", "1", "1"])
+    with (data / "dist_imgs.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    return {dist[0].name: "truncated", dist[1].name: "but its reference", "one_01_01.png": "smaller than the pool"}
+
+
+def test_make_gt_dsm_maps_the_good_pairs_and_names_the_others(tmp_path):
+    """Points 4, 8 and 10: with loader workers, each bad pair is one line naming its file; the
+    other maps are written; exit 1; a killed write's temporary is removed."""
+    data = write_synth_folder(tmp_path / "D", n_refs=2, kinds=(1, 2), levels=(1,), h=32, w=40)
+    broken = _break_pairs(data)
+    out = tmp_path / "maps"
+    out.mkdir()
+    stale = out / ".ref00_01_01.npy.ab12cd34.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    res = cli("make-gt-dsm", "--data", data, "--out", out, "--workers", "2", "--device", "cpu")
+    assert res.exit_code == 1, res.output
+    for name, words in broken.items():
+        line = [x for x in error_lines(res) if name in x]
+        assert len(line) == 1 and words in line[0], (name, res.stderr)
+    maps = sorted(p.name for p in out.glob("*.npy"))
+    assert len(maps) == 4 + 1 - len(broken) and not stale.exists() and leftovers(tmp_path) == []
+    assert "3 pair(s) could not be used" in res.stderr
+
+
+# ---------------------------------------------------------------------------------- training
+
+DSM_TINY = ["--arch", "vit_small_patch8_224", "--depth", "1", "--image-size", "32", "--batch-size", "4",
+            "--no-pretrained", "--device", "cpu", "--seed", "3", "--log-every", "1", "--val-fraction", "0"]
+
+
+def _truncate(path: Path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
+
+
+@pytest.fixture
+def broken_pairs(tmp_path) -> tuple[Path, Path]:
+    """A pairs folder (16 pairs, 4 steps of 4 per epoch) with one truncated distorted image."""
+    data = write_synth_folder(tmp_path / "D", n_refs=2, kinds=(1, 2, 3, 4), levels=(1, 2), h=48, w=48)
+    bad = sorted((data / "dist_imgs").glob("*.png"))[5]
+    _truncate(bad)
+    return data, bad
+
+
+def test_pretrain_dsm_stops_on_a_bad_image_in_one_line(broken_pairs, tmp_path):
+    """Points 4 and 8: with 2 loader workers, an undecodable image met during training is one line
+    naming it (no worker traceback) and exit 1, not 2 (that is for problems found before work)."""
+    data, bad = broken_pairs
+    res = cli("pretrain-dsm", "--data", data, "--out", tmp_path / "run", *DSM_TINY, "--workers", "2",
+              "--max-steps", "4")
+    assert res.exit_code == 1, res.output
+    assert len(error_lines(res)) == 1 and str(bad) in res.stderr and "--skip-bad" in res.stderr
+    assert "Original Traceback" not in res.stderr and "worker process" not in res.stderr
+
+
+@pytest.mark.slow
+def test_pretrain_dsm_skip_bad_is_deterministic_across_resume_and_workers(broken_pairs, tmp_path):
+    """Point 8: --skip-bad replaces the bad sample by the same readable one every time, so a run
+    resumed (here with another number of workers) repeats the uninterrupted one exactly."""
+    data, bad = broken_pairs
+    a, b = tmp_path / "A", tmp_path / "B"
+    res = cli("pretrain-dsm", "--data", data, "--out", a, *DSM_TINY, "--workers", "0", "--max-steps", "8",
+              "--skip-bad")
+    assert res.exit_code == 1 and f"skipped: {bad}" in res.stderr and "1 unreadable input(s)" in res.stderr
+    assert json.loads((a / "results.json").read_text())["skipped_inputs"][0].startswith(str(bad))
+    cli("pretrain-dsm", "--data", data, "--out", b, *DSM_TINY, "--workers", "0", "--max-steps", "3", "--skip-bad")
+    res = cli("pretrain-dsm", "--data", data, "--out", b, *DSM_TINY, "--workers", "2", "--max-steps", "8",
+              "--skip-bad", "--resume")
+    assert res.exit_code == 1, res.output
+    la, lb = _losses(a), _losses(b)
+    assert sorted(la) == list(range(1, 9)) and la == lb
+
+
+def test_qep_on_the_fly_with_a_bad_reference(tmp_path):
+    """Point 8 for `qep --on-the-fly`: stop in one line (exit 1), or --skip-bad and a count (exit 1)."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(4):
+        (refs / f"r{i}.png").write_bytes(encoded(photo(70 + i, h=40, w=40), "PNG"))
+    _truncate(refs / "r2.png")
+    os.symlink(refs, refs / "loop")  # and a link loop, which the listing skips and names
+    common = ["qep", "--refs", refs, "--on-the-fly", "--dsm-source", "gt", "--arch", "resnet18", "--no-pretrained",
+              "--image-size", "32", "--batch-size", "4", "--max-steps", "1", "--device", "cpu", "--kd-alpha", "0",
+              "--kd-beta", "0", "--types", "1,2", "--workers", "0"]
+    res = cli(*common, "--out", tmp_path / "A")
+    assert res.exit_code == 1 and len(error_lines(res)) == 1 and "r2.png" in res.stderr, res.output
+    assert "loop: skipped: link loop" in res.output
+    res = cli(*common, "--out", tmp_path / "B", "--skip-bad")
+    assert res.exit_code == 1 and f"skipped: {refs / 'r2.png'}" in res.stderr, res.output
+    assert (tmp_path / "B" / "encoder.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------- label files
+
+def test_bad_label_files_are_refused_in_one_line(tmp_path, model):
+    """The label-reading commands refuse a bad label file before any work: exit 2, the file named."""
+    (tmp_path / "a.png").write_bytes(encoded(photo(1), "PNG"))
+    files = bad_label_files(tmp_path, "a.png")
+    for name, word in files.items():
+        res = cli("data", "check", "csv", "--csv", tmp_path / name, "--no-decode")
+        named = "not-there.png" if name == "missing-image.csv" else str(tmp_path / name)  # the missing image
+        assert res.exit_code == 2 and named in res.stderr and word in res.stderr, (name, res.stderr)
+        assert len(error_lines(res)) == 1
+    for name in ("text-score.csv", "huge-field.csv", "latin1.csv"):
+        res = cli("evaluate", "--dataset", "csv", "--csv", tmp_path / name, "--model", model, "--device", "cpu")
+        assert res.exit_code == 2 and name in res.stderr
+    # point 10: a label file that does not exist is named, not its folder
+    res = cli("data", "check", "csv", "--csv", "/nonexistent/x.csv")
+    assert res.exit_code == 2 and "/nonexistent/x.csv: label file not found" in res.stderr
+
+
+def _labels_for(c, folder: Path) -> Path:
+    names = [p for p in c.all_images() if p.name != NON_UTF8_NAME]  # the CSV itself is UTF-8 text
+    rows = ["name,score"] + [f"{p.relative_to(folder)},{1 + i % 5}" for i, p in enumerate(names)]
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder / "labels.csv"
+
+
+def test_data_check_and_evaluate_over_the_corpus(tmp_path, model):
+    """Every bad image named, the good ones counted and used, exit 1."""
+    c = image_corpus(tmp_path, with_links=False)
+    labels = _labels_for(c, c.root)
+    good = [p for p in c.good if p.name != NON_UTF8_NAME]
+    res = cli("data", "check", "csv", "--csv", labels, "--json", "C.json", "--workers", "2")
+    assert res.exit_code == 1, res.output
+    for path in c.bad:
+        assert f"unreadable: {path.relative_to(c.root)}: " in res.stderr, path
+    record = json.loads((tmp_path / "C.json").read_text())
+    assert record["images"] == len(good) and record["unreadable"] == len(c.bad)
+    res = cli("evaluate", "--dataset", "csv", "--csv", labels, "--model", model, "--device", "cpu",
+              "--json", "E.json")
+    assert res.exit_code == 1, res.output
+    for path in c.bad:
+        assert f"cannot score {path}: " in res.stderr, path
+    assert json.loads((tmp_path / "E.json").read_text())["n"] == len(good)
+
+
+def test_probe_over_the_corpus_has_no_traceback(tmp_path):
+    c = image_corpus(tmp_path, with_links=False)
+    labels = _labels_for(c, c.root)
+    res = cli("probe", "--encoder", "random:resnet18", "--dataset", "csv", "--csv", labels, "--out", "P",
+              "--splits", "1", "--epochs", "1", "--image-size", "32", "--device", "cpu", "--train-views", "1")
+    assert res.exit_code == 2 and "cannot be read" in res.stderr and "--skip-missing" in res.stderr

@@ -235,7 +235,7 @@ def evaluate_model(model: ProbedModel, dataset: Dataset, *, batch_size: int = 32
 
     Returns:
         `{"srcc", "plcc", "krcc", "plcc_logistic", "n", "dataset", "model", "encoder",
-        "unreadable", "unreadable_examples", "same_dataset"}`.
+        "unreadable", "unreadable_examples", "unreadable_files", "same_dataset"}`.
 
     Raises:
         DsmixError: fewer than two readable images.
@@ -261,5 +261,6 @@ def evaluate_model(model: ProbedModel, dataset: Dataset, *, batch_size: int = 32
             model.meta.get("label_file") is None or dataset.label_file is None
             or Path(model.meta["label_file"]) == Path(dataset.label_file)),
         "missing": len(dataset.missing), "unreadable": len(bad), "unreadable_examples": bad[:5],
+        "unreadable_files": bad,
         "mean_score": float(pred.mean()) if len(pred) else math.nan,
     }
