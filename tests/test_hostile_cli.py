@@ -186,6 +186,7 @@ def test_out_of_range_scores_are_marked(tmp_path, model, monkeypatch):
     assert "note" in res.stdout and "below the training labels' range" in res.stdout
 
 
+@pytest.mark.slow
 def test_score_has_no_warning_or_traceback_in_a_real_process(tmp_path, model):
     """The corpus through the installed entry point, 2 loader workers: stderr holds our lines only."""
     c = image_corpus(tmp_path, with_links=False)

@@ -117,6 +117,7 @@ def test_pretrain_dsm_skip_bad_is_deterministic_across_resume_and_workers(broken
     assert sorted(la) == list(range(1, 9)) and la == lb
 
 
+@pytest.mark.slow
 def test_qep_on_the_fly_with_a_bad_reference(tmp_path):
     """Point 8 for `qep --on-the-fly`: stop in one line (exit 1), or --skip-bad and a count (exit 1)."""
     refs = tmp_path / "refs"
