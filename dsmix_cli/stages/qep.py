@@ -194,7 +194,7 @@ def list_references(folder: Path, info: Callable[[str], None] = lambda _m: None)
         info(line)
     if not walk.files:
         raise DatasetError("--refs: no image files found", folder)
-    return walk.files
+    return sorted(walk.files)  # Path order, as before: a resumed run keeps its references' order
 
 
 def _pair_dataset(cfg: QEPConfig) -> Dataset:
