@@ -32,6 +32,11 @@ def test_every_field_but_run_control_counts():
     assert run_control <= set(RUN_CONTROL)
 
 
+def test_a_run_stopped_by_a_bad_image_may_continue_with_skip_bad():
+    # The stop message of an unreadable image says "pass --skip-bad ... with --resume": allowed.
+    assert config_differences({"lr": 0.01, "skip_bad": False}, {"lr": 0.01, "skip_bad": True}) == []
+
+
 def test_a_field_on_one_side_only_differs_and_keys_restrict_the_comparison():
     diff = config_differences({"lr": 1.0}, {"lr": 1.0, "pristine_share": 0.5})
     assert [str(d) for d in diff] == ["pristine_share was (not recorded), now 0.5"]

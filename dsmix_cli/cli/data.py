@@ -51,7 +51,7 @@ def _block(info: catalog.DatasetInfo, details: bool) -> tuple[str, list[tuple[st
 
 
 @data_app.command("list")
-@handle_errors
+@handle_errors(out_files=("json",))
 def list_datasets(
     name: Annotated[Optional[str], typer.Argument(
         metavar="NAME", help="One dataset (name or alias): its block, and where it is looked for.")] = None,
@@ -76,7 +76,7 @@ def list_datasets(
 
 
 @data_app.command("check")
-@handle_errors
+@handle_errors(images=True, out_files=("json",))
 def check(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name or alias (see `dsmix data list`).")],
     root: RootOpt = None,

@@ -10,7 +10,8 @@ import typer
 
 from dsmix_cli import report
 from dsmix_cli.cli.common import (AllowOutsideRootOpt, AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt,
-                                  WorkersOpt, default_run_dir, handle_errors, resumed_config)
+                                  SkipBadOpt, WorkersOpt, default_run_dir, finish_with_skipped, handle_errors,
+                                  resumed_config)
 from dsmix_cli.errors import DsmixError
 
 _DATA_HELP = ("Pairs folder: a `dsmix synthesize` output (dist_imgs.csv), KADIS-700k (ref_imgs/, "
@@ -38,7 +39,9 @@ def make_gt_dsm_command(
     """Ground-truth DSMs: one map per distorted image, channel mean of |dist - ref| pooled by --pool.
 
     Existing maps are kept, so a rerun resumes. With --dsm-model, the DSM network's predicted
-    maps of the whole images instead (computed once, reused by `qep --dsm-source maps`).
+    maps of the whole images instead (computed once, reused by `qep --dsm-source maps`). A pair
+    that cannot be read (an undecodable image, sizes that differ) gets no map and is named on
+    stderr; the others are written and the exit code is 1.
     """
     from dsmix_cli.stages.make_gt_dsm import MakeGtConfig, make_gt_dsm
 
@@ -48,6 +51,12 @@ def make_gt_dsm_command(
         result = make_gt_dsm(cfg, on_progress=lambda done, total: bars("make-gt-dsm", done, total))
     report.info(f"make-gt-dsm: {result.written} maps written, {result.skipped} already present, "
                 f"{result.total} in all -> {result.out}")
+    for line in result.failed:
+        report.error(f"no map: {line}")
+    if result.failed:
+        report.error(f"{len(result.failed)} pair(s) could not be used and have no map; the other maps are "
+                     "written (a rerun tries those pairs again)")
+        raise typer.Exit(code=1)
 
 
 def pretrain_dsm_command(
@@ -78,6 +87,7 @@ def pretrain_dsm_command(
     gt_maps: Annotated[Optional[Path], typer.Option(
         "--gt-maps", help="Read ground truth from `make-gt-dsm` maps instead of computing it.")] = None,
     skip_missing: SkipMissingOpt = False,
+    skip_bad: SkipBadOpt = False,
     amp: AmpOpt = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
@@ -111,7 +121,8 @@ def pretrain_dsm_command(
         data=data, out=out, arch=arch, image_size=image_size, decoder=decoder, pretrained=pretrained or
         weights is not None, weights=weights, depth=depth, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, val_fraction=val_fraction,
-        val_max_images=val_max_images, flip=flip, gt_maps=gt_maps, skip_missing=skip_missing, amp=amp,
+        val_max_images=val_max_images, flip=flip, gt_maps=gt_maps, skip_missing=skip_missing, skip_bad=skip_bad,
+        amp=amp,
         channels_last=channels_last, compile=compile_,
         workers=min(4, os.cpu_count() or 1) if workers is None else workers, seed=seed, device=device,
         deterministic=deterministic, max_steps=max_steps, resume=resume, log_every=log_every,
@@ -140,9 +151,10 @@ def pretrain_dsm_command(
         report.info(f"not recorded as the default DSM model (the schedule did not finish): use it explicitly "
                     f"with `dsmix qep --dsm-model {result.run_dir}`, or finish it with "
                     f"`dsmix pretrain-dsm --resume --out {result.run_dir}`")
+    finish_with_skipped(result.skipped)
 
 
 def register(app: typer.Typer) -> None:
     """Add `make-gt-dsm` and `pretrain-dsm` to the app."""
-    app.command("make-gt-dsm")(handle_errors(make_gt_dsm_command))
-    app.command("pretrain-dsm")(handle_errors(pretrain_dsm_command))
+    app.command("make-gt-dsm")(handle_errors(make_gt_dsm_command, images=True, out_dirs=("out",)))
+    app.command("pretrain-dsm")(handle_errors(pretrain_dsm_command, images=True, out_dirs=("out",)))

@@ -115,7 +115,10 @@ def evaluate(
     device: DeviceOpt = "auto",
     allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
-    """Score every image of a dataset with a probed model and correlate with its labels."""
+    """Score every image of a dataset with a probed model and correlate with its labels.
+
+    Images that cannot be read are named on stderr and left out; the exit code is then 1.
+    """
     from dsmix_cli.data.catalog import load_dataset
     from dsmix_cli.engine.runtime import resolve_device
     from dsmix_cli.evaluation.bundle import load_bundle
@@ -137,8 +140,10 @@ def evaluate(
         report.table(f"evaluate {result['dataset']} with {run}", ["n", "SRCC", "PLCC", "KRCC"],
                      [(result["n"], result["srcc"], result["plcc"], result["krcc"])])
     if result["unreadable"]:
-        for e in result["unreadable_examples"]:
-            report.warn(f"unreadable: {e}")
+        for e in result.get("unreadable_files", result["unreadable_examples"]):
+            report.error(f"cannot score {e}")
+        report.error(f"{result['unreadable']} image(s) could not be read; {result['n']} evaluated")
+        raise typer.Exit(code=1)
 
 
 def cross_eval(
@@ -189,6 +194,6 @@ def cross_eval(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("probe")(handle_errors(probe))
-    app.command("evaluate")(handle_errors(evaluate))
-    app.command("cross-eval")(handle_errors(cross_eval))
+    app.command("probe")(handle_errors(probe, images=True, out_dirs=("out",), out_files=("json",)))
+    app.command("evaluate")(handle_errors(evaluate, images=True, out_files=("json",)))
+    app.command("cross-eval")(handle_errors(cross_eval, images=True, out_dirs=("out",), out_files=("json",)))

@@ -10,7 +10,8 @@ import typer
 
 from dsmix_cli import report
 from dsmix_cli.cli.common import (AllowOutsideRootOpt, AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt,
-                                  WorkersOpt, default_run_dir, handle_errors, parse_int_list, resumed_config)
+                                  SkipBadOpt, WorkersOpt, default_run_dir, finish_with_skipped, handle_errors,
+                                  parse_int_list, resumed_config)
 
 
 def qep(
@@ -57,6 +58,7 @@ def qep(
     lr_gamma: Annotated[float, typer.Option("--lr-gamma", help="LR decay factor.")] = 0.9,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="SGD weight decay.")] = 1e-4,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
+    skip_bad: SkipBadOpt = False,
     workers: WorkersOpt = min(4, os.cpu_count() or 1),
     amp: AmpOpt = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
@@ -90,7 +92,8 @@ def qep(
         teacher=teacher, pretrained=pretrained, student_weights=student_weights, teacher_weights=teacher_weights,
         mix=mix, paste_prob=paste_prob, label_mode=label_mode, joint_head=joint_head, head_hidden=head_hidden,
         kd_alpha=kd_alpha, kd_beta=kd_beta, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
-        lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, weight_decay=weight_decay, flip=flip, workers=workers,
+        lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, weight_decay=weight_decay, flip=flip, skip_bad=skip_bad,
+        workers=workers,
         amp=amp, channels_last=channels_last, compile=compile_model,
         seed=seed, device=device, max_steps=max_steps, resume=resume,
         log_every=log_every, checkpoint_every=checkpoint_every, allow_outside_root=allow_outside_root)
@@ -107,7 +110,8 @@ def qep(
         report.info(f"qep: stopped at step {result['step']} (loss {loss}) before the end of the schedule: not "
                     f"recorded as the default encoder; use it explicitly with `--encoder {result['run']}`, or "
                     f"finish it with `dsmix qep --resume --out {result['run']}`")
+    finish_with_skipped(result.get("skipped_inputs", []))
 
 
 def register(app: typer.Typer) -> None:
-    app.command("qep")(handle_errors(qep))
+    app.command("qep")(handle_errors(qep, images=True, out_dirs=("out",)))

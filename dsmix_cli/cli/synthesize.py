@@ -88,6 +88,9 @@ def contact_sheet_command(
     from dsmix_cli.distortions import set_denoiser
     from dsmix_cli.engine.runtime import resolve_device
 
+    from dsmix_cli.imageio import check_image_extension
+
+    check_image_extension(out, "--out")  # before the rendering, not after it
     try:
         th, tw = (int(v) for v in thumb.lower().split("x"))
     except ValueError:
@@ -102,5 +105,5 @@ def contact_sheet_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("synthesize")(handle_errors(synthesize_command))
-    app.command("contact-sheet")(handle_errors(contact_sheet_command))
+    app.command("synthesize")(handle_errors(synthesize_command, images=True, out_dirs=("out",)))
+    app.command("contact-sheet")(handle_errors(contact_sheet_command, images=True, out_files=("out",)))

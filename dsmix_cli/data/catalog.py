@@ -269,6 +269,8 @@ def load_dataset(name: str, root: Path | None = None, *, skip_missing: bool = Fa
         if csv is None:
             raise DatasetError(f"the {key} layout needs --csv FILE")
         csv = _abs(csv)
+        if not csv.is_file():
+            raise DatasetError("label file not found" if not csv.exists() else "label file is not a file", csv)
         root = _abs(root) if root is not None else csv.parent
     else:
         root = resolve_root(key, root)

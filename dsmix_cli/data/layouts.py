@@ -112,6 +112,8 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             rows = list(_csv.reader(fh))
     except UnicodeDecodeError:
         raise DatasetError("not a UTF-8 text CSV file", path) from None
+    except _csv.Error as exc:  # a NUL byte, a field past the csv module's size limit, ...
+        raise DatasetError(f"not a readable CSV file ({exc})", path) from None
     numbered = [(i + 1, [c.strip() for c in r]) for i, r in enumerate(rows) if any(c.strip() for c in r)]
     if not numbered:
         raise DatasetError("empty label file", path)
@@ -141,8 +143,8 @@ def parse_float(text: str, path: Path, line: int, what: str) -> float:
         value = float(text)
     except ValueError:
         raise DatasetError(f"line {line}: {what} {text!r} is not a number", path) from None
-    if math.isnan(value):
-        raise DatasetError(f"line {line}: {what} is NaN", path)
+    if not math.isfinite(value):
+        raise DatasetError(f"line {line}: {what} is {text!r}, not a finite number", path)
     return value
 
 

@@ -28,7 +28,7 @@ from dsmix_cli.engine.checkpoint import export_weights, load_checkpoint, save_ch
 from dsmix_cli.engine.resume import check_resume_config
 from dsmix_cli.engine.runtime import DistInfo, all_reduce_mean, autocast, barrier, derive_seed, generator
 from dsmix_cli.errors import CheckpointError, TrainingError
-from dsmix_cli.fileio import write_text
+from dsmix_cli.fileio import remove_stale_temporaries, write_text
 
 # Set to a folder to make every rank export its final weights there (rank<N>.safetensors).
 DUMP_ENV = "DSMIX_DUMP_RANK_WEIGHTS"
@@ -143,6 +143,7 @@ def fit(
     run_dir = Path(run_dir)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)  # what a kill -9 during a checkpoint write left
     metrics_path = run_dir / "metrics.jsonl"
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     scaler = torch.amp.GradScaler(device.type, enabled=(loop.amp == "fp16"))

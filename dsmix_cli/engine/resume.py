@@ -44,6 +44,7 @@ RUN_CONTROL: dict[str, str] = {
     "deterministic": "kernel selection",
     "skip_missing": "a permission; the data actually used is compared through the recorded counts",
     "allow_outside_root": "a permission; the data actually used is compared through the recorded counts",
+    "skip_bad": "a permission: a run stopped by an unreadable image continues past it with --skip-bad",
     "dsm_model": "the option as typed; the network used is compared as dsm_model_resolved",
 }
 # Options `restore_options` never takes from the saved config.

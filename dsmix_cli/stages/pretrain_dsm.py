@@ -12,13 +12,12 @@ written at each epoch end. Under `torchrun` every rank trains a shard (DDP); ran
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
 from dsmix_cli import defaults
 from dsmix_cli.data.pairs import PairCropDataset, load_pairs, split_by_reference
@@ -27,7 +26,7 @@ from dsmix_cli.dsm.network import DEFAULT_ARCH, DECODERS, WEIGHTS_FILE, DSMNet, 
 from dsmix_cli.dsm.preview import preview_label, save_preview
 from dsmix_cli.engine import schedules
 from dsmix_cli.engine.checkpoint import export_weights
-from dsmix_cli.engine.data import epoch_loader, steps_per_epoch
+from dsmix_cli.engine.data import BadInputs, epoch_loader, guarded_loader, steps_per_epoch
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
 from dsmix_cli.engine.resume import check_resume_config, read_run_config
 from dsmix_cli.engine.runtime import (DistInfo, all_reduce_mean, autocast, derive_seed, generator,
@@ -78,6 +77,7 @@ class PretrainDSMConfig:
     gt_maps: Path | None = None
     skip_missing: bool = False
     allow_outside_root: bool = False  # accept manifest entries that resolve outside --data
+    skip_bad: bool = False  # replace unreadable samples by the next readable one (else stop, exit 1)
     amp: str = "auto"
     channels_last: bool = False
     compile: bool = False
@@ -103,6 +103,7 @@ class PretrainDSMResult:
     best_val_mse: float | None
     weights: Path
     preview: Path
+    skipped: list[str] = field(default_factory=list)  # unreadable samples replaced (with skip_bad)
 
 
 def _check(cfg: PretrainDSMConfig, world: int) -> None:
@@ -232,10 +233,12 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
     val_ds = PairCropDataset(val_pairs, cfg.image_size, cfg.seed, train=False, gt_maps=cfg.gt_maps, pool=pool)
     pin = device.type == "cuda"
     state = {"step": 0}
+    bad = BadInputs()
 
     def batches(epoch: int, skip: int):
         return epoch_loader(train_ds, batch_size=per_rank, seed=cfg.seed, epoch=epoch, skip_batches=skip,
-                            workers=cfg.workers, dist_info=dist_info, pin_memory=pin)
+                            workers=cfg.workers, dist_info=dist_info, pin_memory=pin, skip_bad=cfg.skip_bad,
+                            bad=bad)
 
     def training_step(m, batch, gen, step) -> StepOutput:
         state["step"] = step + 1
@@ -244,7 +247,7 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
         return StepOutput(loss=loss, samples=len(x))
 
     def write_preview(m: DSMNet, title: str) -> None:
-        batch = next(iter(DataLoader(preview_ds, batch_size=len(preview_ds))))
+        batch = next(iter(guarded_loader(preview_ds, skip_bad=cfg.skip_bad, bad=bad, batch_size=len(preview_ds))))
         x, gt = _to_input(batch, device, pool, cfg.channels_last)
         was_training = m.training
         m.eval()
@@ -259,7 +262,8 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
         m.eval()
         if len(val_ds):
             mine = list(range(dist_info.rank, len(val_ds), world))
-            loader = DataLoader(val_ds, batch_size=per_rank, sampler=mine, num_workers=cfg.workers, pin_memory=pin)
+            loader = guarded_loader(val_ds, skip_bad=cfg.skip_bad, bad=bad, batch_size=per_rank, sampler=mine,
+                                    num_workers=cfg.workers, pin_memory=pin)
             sums = torch.zeros(2, dtype=torch.float64, device=device)
             with torch.no_grad(), autocast(device, amp):
                 for batch in loader:
@@ -292,9 +296,10 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
             write_preview(model, f"final, step {result.step}")
         write_json(run_dir / "results.json", {
             "step": result.step, "total_steps": total, "finished": result.finished, "last_loss": result.last_loss,
-            "best_val_mse": result.best_metric if len(val_ds) else None, "weights": str(run_dir / WEIGHTS_FILE)})
+            "best_val_mse": result.best_metric if len(val_ds) else None, "weights": str(run_dir / WEIGHTS_FILE),
+            "skipped_inputs": bad.lines})
         if result.finished:  # the chain of defaults holds finished runs only, never a --max-steps stop
             defaults.record_default("dsm_model", run_dir)
     return PretrainDSMResult(run_dir=run_dir, step=result.step, total_steps=total, finished=result.finished,
                              last_loss=result.last_loss, best_val_mse=result.best_metric if len(val_ds) else None,
-                             weights=run_dir / WEIGHTS_FILE, preview=run_dir / PREVIEW_FILE)
+                             weights=run_dir / WEIGHTS_FILE, preview=run_dir / PREVIEW_FILE, skipped=bad.lines)

@@ -26,7 +26,7 @@ from dsmix_cli import defaults
 from dsmix_cli.dsmix import LABEL_MODES, mix, mix_weights, pristine_targets, soft_targets
 from dsmix_cli.engine import schedules
 from dsmix_cli.engine.checkpoint import export_weights
-from dsmix_cli.engine.data import epoch_loader, split_keys, steps_per_epoch
+from dsmix_cli.engine.data import BadInputs, epoch_loader, split_keys, steps_per_epoch
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
 from dsmix_cli.engine.resume import check_resume_config, read_run_config
 from dsmix_cli.engine.runtime import (generator, init_distributed, resolve_amp, resolve_device,
@@ -84,6 +84,7 @@ class QEPConfig:
     lr_step_epochs: int = 5             # x lr_gamma every lr_step_epochs epochs (StepLR(5, 0.9))
     lr_gamma: float = 0.9
     flip: bool = True
+    skip_bad: bool = False              # replace unreadable samples by the next readable one (else stop)
     workers: int = 4
     amp: str = "auto"
     channels_last: bool = False
@@ -180,14 +181,20 @@ def collate_on_the_fly(items: list[dict]) -> dict:
     return batch
 
 
-def list_references(folder: Path) -> list[Path]:
-    """The image files under `folder` (recursively, sorted); a `DatasetError` when there are none."""
+def list_references(folder: Path, info: Callable[[str], None] = lambda _m: None) -> list[Path]:
+    """The image files under `folder` (recursively, sorted, each file once, links to folders not
+    followed: `paths.walk_files`; what is skipped goes to `info`); a `DatasetError` when there
+    are none."""
+    from dsmix_cli.paths import walk_files
+
     if not folder.is_dir():
         raise DatasetError("--refs: not a folder", folder)
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
-    if not paths:
+    walk = walk_files(folder, is_image_file)
+    for line in walk.skipped:
+        info(line)
+    if not walk.files:
         raise DatasetError("--refs: no image files found", folder)
-    return paths
+    return sorted(walk.files)  # Path order, as before: a resumed run keeps its references' order
 
 
 def _pair_dataset(cfg: QEPConfig) -> Dataset:
@@ -364,7 +371,7 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
         if bad:
             raise DsmixError(f"--types/--levels: {bad} outside 1-{NUM_TYPES} / 1-{NUM_LEVELS}")
         distort = distort_batch
-        ref_paths = list_references(Path(cfg.refs))
+        ref_paths = list_references(Path(cfg.refs), info)
         epoch_size = cfg.epoch_size
         if epoch_size is None:  # one pass over the references, but at least one full batch
             epoch_size = max(len(ref_paths), cfg.batch_size)
@@ -427,10 +434,13 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     info(f"QEP: {len(dataset)} samples/epoch, {spe} steps/epoch, {spe * cfg.epochs} steps in all "
          f"({cfg.epochs} epochs); device {device}, amp {amp}; run {out}")
 
+    bad = BadInputs()
+
     def batches(epoch: int, skip: int):
         return epoch_loader(dataset, batch_size=per_rank, seed=cfg.seed, epoch=epoch, skip_batches=skip,
                             workers=cfg.workers, dist_info=dist_info, pin_memory=device.type == "cuda",
-                            collate_fn=collate_on_the_fly if cfg.on_the_fly else None)
+                            collate_fn=collate_on_the_fly if cfg.on_the_fly else None,
+                            skip_bad=cfg.skip_bad, bad=bad)
 
     def on_save(m: QualityEncoderNet, step: int) -> None:
         export_weights(out / ENCODER_FILE, m.backbone.state_dict(), encoder_meta(cfg, config, step))
@@ -444,4 +454,4 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     if dist_info.is_main and result.finished:  # the chain of defaults holds finished runs only
         defaults.record_default("encoder", out)
     return {"run": str(out), "step": result.step, "finished": result.finished, "last_loss": result.last_loss,
-            "encoder": str(out / ENCODER_FILE)}
+            "encoder": str(out / ENCODER_FILE), "skipped_inputs": bad.lines}
