@@ -192,7 +192,8 @@ def run_probe(cfg: ProbeConfig, on_progress: ProgressFn | None = None,
     for p in protocols:
         name = "splits.json" if len(protocols) == 1 else f"splits-{p.name.rstrip('*')}.json"
         write_splits(out / name, dataset, plan[p.name], {"protocol": p.name, "source": sources[p.name],
-                                                        "seed": cfg.seed})
+                                                        "seed": cfg.seed, "train_ratio": p.train_ratio,
+                                                        "val_ratio": p.val_ratio})
         split_files[p.name] = str((out / name).resolve())
         results_by[p.name] = run_protocol(p, feats, dataset, plan[p.name], recipe, fresh_sampler=fresh,
                                           log=lambda r: _log(out, r), advance=advance)
@@ -266,3 +267,28 @@ def _protocol_record(result, cfg: ProbeConfig, source: str, split_file: str) -> 
         train_views = f"{NUM_TEST_VIEWS} crops x 2 scales"
     return {"protocol": p.record(), "splits": result.rows, **{k: v for k, v in result.stats.items()},
             "train_views": train_views, "selection": selection, "splits_source": source, "splits_file": split_file}
+
+
+def export_probe_splits(cfg: ProbeConfig, path: str | Path) -> dict:
+    """Write the splits `dsmix probe` would use with `cfg` (one protocol) to `path`; returns a summary.
+
+    The same function draws them as in a probe run (`split_plan`). A probe drops images that turn
+    out unreadable before drawing its splits; its own `RUN/splits.json` is then the exact record.
+
+    Raises:
+        DsmixError: `--protocol all` (export one protocol at a time), bad ratios, a bad split file.
+    """
+    if cfg.protocol == "all":
+        raise DsmixError("dsmix data splits exports one protocol's splits: pick dsmix, arniqa or contrique")
+    protocol = resolve_protocols(cfg.protocol, train_ratio=cfg.train_ratio, val_ratio=cfg.val_ratio)[0]
+    dataset = load_dataset(cfg.dataset, Path(cfg.root) if cfg.root else None, skip_missing=cfg.skip_missing,
+                           csv=Path(cfg.csv) if cfg.csv else None, lower_better=cfg.lower_better)
+    plan, sources = split_plan(dataset, [protocol], cfg)
+    splits = plan[protocol.name]
+    write_splits(path, dataset, splits, {"protocol": protocol.name, "source": sources[protocol.name],
+                                         "seed": cfg.seed, "train_ratio": protocol.train_ratio,
+                                         "val_ratio": protocol.val_ratio})
+    return {"dataset": dataset.name, "images": len(dataset.items), "missing": len(dataset.missing),
+            "protocol": protocol.name, "source": sources[protocol.name], "file": str(Path(path).resolve()),
+            "splits": [{"split": s.index, "n_train": len(s.train), "n_val": len(s.val), "n_test": len(s.test)}
+                       for s in splits]}
