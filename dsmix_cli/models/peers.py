@@ -170,7 +170,7 @@ def load_trunk(kind: str, path: Path, payload: object | None = None) -> PeerTrun
     state = _state_of(read_torch_file(path) if payload is None else payload, layout, path)
     found = _split(state, layout)
     if found is None:
-        raise CheckpointError(f"is not an {layout.name} checkpoint: no ResNet trunk under the expected keys "
+        raise CheckpointError(f"is not {_an(layout.name)} checkpoint: no ResNet trunk under the expected keys "
                               f"(e.g. {layout.example}); its keys start {_first_keys(state)}", path)
     root, trunk, other = found
     arch = infer_arch(trunk)
@@ -187,7 +187,7 @@ def load_trunk(kind: str, path: Path, payload: object | None = None) -> PeerTrun
             parts.append(f"missing trunk keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         if extra:
             parts.append(f"unexpected keys {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-        raise CheckpointError(f"does not match an {layout.name} {arch} checkpoint: " + "; ".join(parts), path)
+        raise CheckpointError(f"does not match {_an(layout.name)} {arch} checkpoint: " + "; ".join(parts), path)
     try:
         module.backbone.load_state_dict(trunk, strict=True)
     except RuntimeError as exc:
@@ -228,3 +228,7 @@ def load_peer(kind: str, files: list[Path]) -> tuple[nn.Module, str]:
     trunk = load_trunk(kind, files[0])
     layout = LAYOUTS[kind]
     return trunk, f"{layout.name} encoder {trunk.backbone.arch} ({files[0]})"
+
+
+def _an(name: str) -> str:
+    return ("an " if name[0] in "AEIOU" else "a ") + name
