@@ -104,6 +104,7 @@ def run_compare(cfg: CompareConfig, on_progress: Callable[[str, int, int], None]
                            csv=Path(cfg.csv) if cfg.csv else None, lower_better=cfg.lower_better)
     if dataset.missing:
         warn(f"{len(dataset.missing)} of {dataset.total} images are missing and skipped (--skip-missing)")
+    _splits(dataset, protocols, cfg)  # fail early on bad ratios or a bad split file
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(cfg))
@@ -138,7 +139,8 @@ def run_compare(cfg: CompareConfig, on_progress: Callable[[str, int, int], None]
         else:
             readable = set(kept.paths())
             feats = feats.select(torch.tensor([p in readable for p in dataset.paths()], dtype=torch.bool))
-        per_encoder[label] = {"encoder": encoder.spec, "description": encoder.description, "protocols": {}}
+        per_encoder[label] = {"encoder": encoder.spec, "description": encoder.description, "protocols": {},
+                              "features": {"read": feats.cached, "encoded": feats.encoded}}
         for p in protocols:
             total = head_units(p, len(plan[p.name]), recipe)
             units = [0]
