@@ -15,7 +15,13 @@ from dsmix_cli.evaluation.features import FeatureCache, extract_features
 from dsmix_cli.evaluation.views import ViewDataset, downscale_half, five_crops, five_crops_padded, resize_exact
 from dsmix_cli.models.encoders import load_encoder
 from dsmix_cli.stages.probe import run_probe
-from test_probe import home, make_toy_set, toy_config  # noqa: F401 - the fixture
+from test_probe import make_toy_set, toy_config
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSMIX_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
 
 
 def test_half_scale_crops_are_arniqa_windows_with_zero_fill():
@@ -75,7 +81,7 @@ def test_protocol_all_encodes_once_and_a_second_run_reads_the_cache(tmp_path, ho
 
 
 def test_cache_is_keyed_on_weights_files_and_views(tmp_path, home):
-    csv = make_toy_set(tmp_path / "data", refs=2, levels=2, size=(24, 24))
+    make_toy_set(tmp_path / "data", refs=2, levels=2, size=(24, 24))
     paths = sorted((tmp_path / "data").rglob("*.png"))
     enc = load_encoder("random:resnet18", "cpu")
     cache = FeatureCache(tmp_path / "cache")
