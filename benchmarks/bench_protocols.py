@@ -2,8 +2,9 @@
 
     python benchmarks/bench_protocols.py --json benchmarks/results/protocols-cpu.json
 
-Runs `stages.probe.run_probe` on a scored dataset (default: the partial CLIVE copy beside the
-repository, `--skip-missing`, a random ResNet-18 at 224, 10 splits, the paper's 100 epochs) once per
+Runs `stages.probe.run_probe` on a scored dataset (default: CLIVE from `--root`, else
+`$DSMIX_DATA/clive`, with `--skip-missing` for a partial copy; a random ResNet-18 at 224, 10 splits,
+the paper's 100 epochs) once per
 protocol named in `--protocols` and once with `--protocol all`, each from an empty feature cache,
 then `all` again on its warm cache (only the heads run). Figures, from the stage's own
 `seconds.total` (features, heads, splits; not the dataset and encoder loading):
@@ -36,10 +37,8 @@ ROOT = _HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "clive-subset" / "ChallengeDB_release"
 
-
-def bench_protocols(*, dataset: str = "clive", root: Path | None = DEFAULT_DATA, csv: Path | None = None,
+def bench_protocols(*, dataset: str = "clive", root: Path | None = None, csv: Path | None = None,
                     encoder: str = "random:resnet18", image_size: int = 224, splits: int = 10,
                     epochs: int | None = None, protocols=("dsmix", "arniqa", "contrique"), device: str = "cpu",
                     work: Path | None = None, log=print) -> dict:
@@ -90,7 +89,7 @@ def bench_protocols(*, dataset: str = "clive", root: Path | None = DEFAULT_DATA,
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="clive")
-    ap.add_argument("--root", type=Path, default=None, help="dataset folder (default for clive: the shared copy)")
+    ap.add_argument("--root", type=Path, default=None, help="dataset folder (default: $DSMIX_DATA/<name>)")
     ap.add_argument("--csv", type=Path, default=None)
     ap.add_argument("--encoder", default="random:resnet18")
     ap.add_argument("--image-size", type=int, default=224)
@@ -105,8 +104,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    root = args.root or (DEFAULT_DATA if args.dataset == "clive" else None)
-    record = bench_protocols(dataset=args.dataset, root=root, csv=args.csv, encoder=args.encoder,
+    record = bench_protocols(dataset=args.dataset, root=args.root, csv=args.csv, encoder=args.encoder,
                              image_size=args.image_size, splits=args.splits, epochs=args.epochs,
                              protocols=tuple(p for p in args.protocols.split(",") if p), device=args.device,
                              work=args.work, log=lambda m: print(m, file=sys.stderr, flush=True))

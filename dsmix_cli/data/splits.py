@@ -1,4 +1,4 @@
-"""Train/val/test splits and score normalisation (METHOD.md section 5, DATASETS.md section 3).
+"""Train/val/test splits and score normalisation (docs/probing.md, docs/datasets.md).
 
 Random splits are drawn by reference for synthetic sets (no reference, and so no scene, is in
 both train and test) and by image for authentic ones. Split `i` of seed `s` is the permutation
@@ -161,7 +161,7 @@ def column_splits(dataset: Dataset, prefix: str = "ratio802_seed123_split_") -> 
 @dataclass(frozen=True)
 class ScoreNormaliser:
     """Min-max scaling of raw labels to [0, 1] with training-split statistics, flipped for
-    lower-is-better labels so that 1 is always the best quality (METHOD.md section 5).
+    lower-is-better labels so that 1 is always the best quality.
 
     Test scores outside the training range map outside [0, 1]; nothing is clipped.
     """
