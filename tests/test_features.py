@@ -102,3 +102,18 @@ def test_cache_is_keyed_on_weights_files_and_views(tmp_path, home):
                                cache=FeatureCache(tmp_path / "cache", on_info=said.append))
     assert damaged.encoded == ["five"] and any("unreadable" in m for m in said)
     assert torch.equal(damaged.parts["five"], first.parts["five"])
+
+
+@pytest.mark.cuda
+def test_protocol_all_on_cuda_matches_cpu(tmp_path, home):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    csv = make_toy_set(tmp_path / "data", refs=4, levels=3)
+    cpu = run_probe(toy_config(tmp_path, csv, protocol="all", splits=2, epochs=2, record=False, feature_cache=False))
+    gpu = run_probe(toy_config(tmp_path, csv, protocol="all", splits=2, epochs=2, record=False, feature_cache=False,
+                               device="cuda", out=str(tmp_path / "gpu")))
+    for name in ("arniqa", "contrique"):  # the ridge heads are float64 closed forms: the same up to rounding
+        a = [s["srcc"] for s in cpu["protocols"][name]["splits"]]
+        b = [s["srcc"] for s in gpu["protocols"][name]["splits"]]
+        assert np.allclose(a, b, atol=0.05)
+    assert gpu["encoder_unchanged"] and len(gpu["table"]) == 3

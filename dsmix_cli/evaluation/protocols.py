@@ -190,7 +190,7 @@ def run_protocol(protocol: Protocol, feats: ImageFeatures, dataset: Dataset, spl
         if protocol.head == "mlp":
             validate = val_srcc(test_views[split.val], target(split.val)) if split.val else None
             if train_views is None:
-                sampler = fresh_sampler(split.train, key)
+                sampler = fresh_sampler(split.train, key[1:])
             else:
                 sampler = cached_view_sampler(train_views[split.train], recipe.seed, *key[1:])
 
