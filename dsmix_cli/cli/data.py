@@ -13,7 +13,7 @@ from dsmix_cli.data import catalog
 from dsmix_cli.data.check import check_images, describe
 from dsmix_cli.fileio import write_json
 
-data_app = typer.Typer(help="Datasets the tool knows, checks of a dataset folder, and split files.",
+data_app = typer.Typer(help="Datasets the tool knows, folder checks, split files.",
                        no_args_is_help=True, rich_markup_mode=None)
 
 
