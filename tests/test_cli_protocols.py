@@ -99,6 +99,7 @@ def test_constant_labels_name_the_label_file(home, tmp_path):
     assert "cannot normalise scores" in res.stderr and str(csv) in res.stderr.replace("\n", "")
 
 
+@pytest.mark.slow
 def test_skip_missing_reports_skips_on_stderr_not_stdout(home, tmp_path):
     csv = make_toy_set(tmp_path / "data", refs=4, levels=3, unreadable=1)
     csv.write_text(csv.read_text() + "gone.png,2,refz\n")

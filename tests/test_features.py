@@ -58,6 +58,7 @@ def test_view_dataset_stacks_train_five_and_half_views_and_resizes(tmp_path):
     assert torch.equal(stack[7:], five_crops_padded(downscale_half(loaded), 16))
 
 
+@pytest.mark.slow
 def test_protocol_all_encodes_once_and_a_second_run_reads_the_cache(tmp_path, home, monkeypatch):
     csv = make_toy_set(tmp_path / "data", refs=4, levels=3)
     calls = []
@@ -80,6 +81,7 @@ def test_protocol_all_encodes_once_and_a_second_run_reads_the_cache(tmp_path, ho
     assert [s["srcc"] for s in again["splits"]] == [s["srcc"] for s in res["protocols"]["arniqa"]["splits"]]
 
 
+@pytest.mark.slow
 def test_cache_is_keyed_on_weights_files_and_views(tmp_path, home):
     make_toy_set(tmp_path / "data", refs=2, levels=2, size=(24, 24))
     paths = sorted((tmp_path / "data").rglob("*.png"))
