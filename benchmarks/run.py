@@ -224,7 +224,8 @@ def part_probe(work: Path, s: Settings, device: torch.device, encoder: str) -> d
 
     base = ProbeConfig(encoder=encoder, dataset="csv", csv=str(work / "labels.csv"), out="", splits=s.probe_splits,
                        epochs=s.probe_epochs, image_size=s.probe_size, train_views=s.probe_train_views,
-                       device=str(device), workers=s.probe_workers, final_head=False, record=False)
+                       device=str(device), workers=s.probe_workers, final_head=False, record=False,
+                       feature_cache=False)  # in memory only: the fresh run must not read the cached run's crops
     times = {}
     for name, fresh in (("cached", False), ("fresh", True)):
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`dsmix data list` and `dsmix data check`."""
+"""`dsmix data list`, `dsmix data check` and `dsmix data splits`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dsmix_cli.data import catalog
 from dsmix_cli.data.check import check_images, describe
 from dsmix_cli.fileio import write_json
 
-data_app = typer.Typer(help="Datasets the tool knows, and checks of a dataset folder.",
+data_app = typer.Typer(help="Datasets the tool knows, folder checks, split files.",
                        no_args_is_help=True, rich_markup_mode=None)
 
 
@@ -122,6 +122,52 @@ def check(
     if dataset.unreadable:
         report.error(f"{len(dataset.unreadable)} of {dataset.total} images cannot be decoded")
         raise typer.Exit(code=1)
+
+
+@data_app.command("splits")
+@handle_errors(out_files=("out", "json"))
+def splits(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name or alias (see `dsmix data list`).")],
+    out: Annotated[Path, typer.Option("--out", help="The split file: .json (read back by --splits-from), or "
+                                                    ".csv (a name column and one split_NN column per split).")],
+    root: RootOpt = None,
+    csv: Annotated[Optional[Path], typer.Option(
+        "--csv", help="Label file: required for 'pyiqa' and 'csv', or a native label file kept elsewhere.")] = None,
+    lower_better: Annotated[Optional[bool], typer.Option(
+        "--lower-better/--higher-better", help="Score direction of a 'pyiqa' or 'csv' label file.")] = None,
+    protocol: Annotated[str, typer.Option(
+        "--protocol", help="Whose split ratios: dsmix (80/20), arniqa or contrique (70/10/20).")] = "dsmix",
+    n_splits: Annotated[int, typer.Option("--splits", min=1, help="Random splits.")] = 10,
+    train_ratio: Annotated[Optional[float], typer.Option("--train-ratio", help="Training fraction.")] = None,
+    val_ratio: Annotated[Optional[float], typer.Option("--val-ratio", help="Validation fraction.")] = None,
+    splits_from: Annotated[Optional[Path], typer.Option(
+        "--splits-from", help="Convert this split file (CSV split columns, ARNIQA .npy folder) instead.")] = None,
+    splits_column: Annotated[Optional[str], typer.Option(
+        "--splits-column", help="With a CSV --splits-from: the split column (or prefix).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random splits (probe's --seed).")] = 0,
+    skip_missing: Annotated[bool, typer.Option(
+        "--skip-missing", help="Split the images present when some are missing (as probe --skip-missing).")] = False,
+    allow_outside_root: AllowOutsideRootOpt = False,
+    json: JsonOpt = None,
+) -> None:
+    """Export the splits `dsmix probe` draws (same seed, ratios and grouping) as a file to ship or reuse.
+
+    Read back with `probe --splits-from FILE`, it gives the same splits and the same numbers.
+    """
+    from dsmix_cli.stages.probe import ProbeConfig, export_probe_splits
+
+    cfg = ProbeConfig(encoder="", dataset=name, out="", root=str(root) if root else None,
+                      csv=str(csv) if csv else None, lower_better=lower_better, protocol=protocol, splits=n_splits,
+                      train_ratio=train_ratio, val_ratio=val_ratio,
+                      splits_from=str(splits_from) if splits_from else None, splits_column=splits_column,
+                      seed=seed, skip_missing=skip_missing, allow_outside_root=allow_outside_root)
+    summary = export_probe_splits(cfg, out)
+    if json is not None:
+        write_json(json, summary)
+    if json is None or str(json) != "-":
+        report.table(f"{summary['dataset']}: {summary['source']}", ["split", "train", "val", "test"],
+                     [(r["split"], r["n_train"], r["n_val"], r["n_test"]) for r in summary["splits"]])
+        report.info(f"wrote {summary['file']}")
 
 
 def _print_summary(s: dict) -> None:

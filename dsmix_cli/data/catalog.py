@@ -63,6 +63,9 @@ class DatasetInfo:
         epochs: linear-probing epochs (METHOD.md section 5), None where not a probe set.
         images: images in the complete release (None where it depends on the file).
         aliases: other names accepted on the command line.
+        probe_size: (W, H) the probing protocol fixes for this dataset's images (KonIQ-10k's
+            512x384): images of another size are resized to it on load. None: used as they are
+            (images smaller than the crop are resized up to it, FLIVE's shorter side to 224).
     """
 
     name: str
@@ -75,6 +78,7 @@ class DatasetInfo:
     epochs: int | None
     images: int | None
     aliases: tuple[str, ...] = ()
+    probe_size: tuple[int, int] | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -96,7 +100,8 @@ DATASETS: dict[str, DatasetInfo] = {
                     "MOS", False, (0.0, 100.0), False, 100, 1162, ("livec", "live-c", "challengedb")),
         DatasetInfo("koniq10k", "KonIQ-10k (authentic; official split from a 'set' column)",
                     "koniq10k_scores_and_distributions.csv, 512x384/ or 1024x768/",
-                    "MOS_zscore", False, (0.0, 100.0), False, 200, 10073, ("koniq", "koniq-10k")),
+                    "MOS_zscore", False, (0.0, 100.0), False, 200, 10073, ("koniq", "koniq-10k"),
+                    probe_size=(512, 384)),
         DatasetInfo("flive", "FLIVE / PaQ-2-PiQ images (authentic)",
                     "labels_image.csv, FLIVE/<basename> (or database/<subset>/<file>)",
                     "MOS", False, (0.0, 100.0), False, 200, 39810, ("paq2piq", "livefb")),
