@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from dsmix_cli.distortions import _random, blur, color, compression, noise, spatial, tone
+from dsmix_cli.distortions import _matlab, _random, blur, color, compression, noise, spatial, tone
 from dsmix_cli.distortions._matlab import mapmm
 from dsmix_cli.distortions.denoise import denoiser_name, set_denoiser
 
@@ -118,18 +118,46 @@ def level_value(dist_type: int, level: int) -> float:
     return float(_check(dist_type, level).levels[level - 1])
 
 
+def _pipeline(x: torch.Tensor, spec: DistortionType, values: list[float], gens: Generators, mapmm_: bool,
+              in_range: torch.Tensor | None, out_range: torch.Tensor | None, out: torch.Tensor) -> None:
+    """`mapmm`, the distortion, `mapmm` and the clip to [0, 1] of a float32 batch, written into `out`.
+
+    The distortion functions may overwrite the buffer they are given (it is always a new one).
+    """
+    y = _matlab.mapmm_(x, in_range, out=torch.empty_like(x)) if mapmm_ else x.clone()
+    y = spec.fn(y, values, gens)
+    if not mapmm_:
+        torch.clamp(y, 0.0, 1.0, out=out)
+        return
+    _matlab.mapmm_(y, out_range, out=out, clip=True)
+
+
 def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator: Generators,
          mapmm_: bool, in_range: torch.Tensor | None = None, out_range: torch.Tensor | None = None) -> torch.Tensor:
+    """One type on a batch: on the CPU image by image (each image's working set stays in the
+    cache, so a batch is never slower per image than a single image); elsewhere batched."""
     device, dtype = x.device, x.dtype
+    b = x.shape[0]
+    values = [float(spec.levels[lv - 1]) for lv in levels]
+    gens = _random.split(generator, b)
     y = x.float()
     if spec.cpu_only:
         y = y.cpu()
-    if mapmm_:
-        y = mapmm(y, in_range)
-    y = spec.fn(y, [float(spec.levels[lv - 1]) for lv in levels], generator)
-    if mapmm_:
-        y = mapmm(y, out_range)
-    return y.clamp(0.0, 1.0).to(device=device, dtype=dtype)
+    rows = {"in": in_range, "out": out_range}
+    for k, r in rows.items():
+        if r is not None:
+            rows[k] = torch.as_tensor(r).to(device=y.device, dtype=torch.float32).reshape(b, 2)
+    if y.device.type != "cpu":
+        out = torch.empty_like(y)
+        _pipeline(y, spec, values, gens, mapmm_, rows["in"], rows["out"], out)
+        return out.to(device=device, dtype=dtype)
+    work = torch.empty(y.shape, dtype=torch.float32)
+    for i in range(b):
+        sl = slice(i, i + 1)
+        _pipeline(y[sl], spec, values[sl], _random.subset(gens, [i]), mapmm_,
+                  None if rows["in"] is None else rows["in"][sl], None if rows["out"] is None else rows["out"][sl],
+                  work[sl])
+    return work.to(device=device, dtype=dtype)
 
 
 def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators = None,
@@ -142,8 +170,10 @@ def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators =
         dist_type: 1..25 (KADID order, `TYPE_NAMES`).
         level: 1..5 (the dispatcher's table, `TYPES[t].levels`).
         generator: the only source of randomness: one `torch.Generator` for the batch, or one
-            per image (then an image's output does not depend on its batch mates). Draws are
-            made on the generator's device and moved to `x.device`. None uses torch's global RNG.
+            per image (then an image's output does not depend on its batch mates). A single
+            generator for several images first draws one seed per image (`_random.split`).
+            Draws are made on the generator's device and moved to `x.device`. None uses
+            torch's global RNG.
         mapmm: apply the dispatcher's global min-max rescale before and after (default, as
             MATLAB); off, the distortion sees `x` as is and the result is clipped to [0, 1].
         in_range: optional (B, 2) (min, max) per image for the first rescale, instead of each
@@ -170,12 +200,13 @@ def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, ge
         x: (B, 3, H, W) float images in [0, 1].
         types: (B,) 1-based type numbers.
         levels: (B,) 1-based levels.
-        generator: as in `distort`; a single generator is drawn from type by type in
-            increasing type order, a list gives each image its own.
+        generator: as in `distort`: a list gives each image its own; a single generator
+            first draws one seed per image, in image order (`_random.split`).
         mapmm, in_range, out_range: as in `distort` ((B, 2) ranges, one row per image).
 
     Returns:
-        The distorted batch (x's shape, dtype and device).
+        The distorted batch (x's shape, dtype and device). A batch of one type goes through
+        without being gathered and scattered.
     """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
@@ -185,6 +216,9 @@ def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, ge
         raise ValueError("types and levels need one entry per image")
     for t, lv in zip(t_list, l_list):
         _check(t, lv)
+    generator = _random.split(generator, x.shape[0])
+    if len(set(t_list)) == 1:
+        return _run(x, TYPES[t_list[0]], l_list, generator, mapmm, in_range, out_range)
     out = torch.empty_like(x)
     for t in sorted(set(t_list)):
         idx = [i for i, u in enumerate(t_list) if u == t]

@@ -4,7 +4,9 @@ A draw is made on the generator's device and then moved to the batch's device, s
 generator state gives the same numbers whatever device the images are on. A *list* of
 generators (one per sample) draws each sample's numbers from its own generator: then a sample's
 output does not depend on which other samples share its batch (what `dsmix synthesize` uses,
-so a resumed run writes exactly what an uninterrupted one would have).
+so a resumed run writes exactly what an uninterrupted one would have). A single generator for a
+batch of several images is first split (`split`) into one generator per image, so that the
+batched path (CUDA) and the image-by-image path (CPU) draw the same numbers.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def _draw(kind: str, gen: Gen, batch: int, shape: tuple[int, ...], device: torch
     gens = list(gen)
     if len(gens) != batch:
         raise ValueError(f"{len(gens)} generators for a batch of {batch}")
+    if batch == 1:
+        return one(gens[0], 1)
     return torch.cat([one(g, 1) for g in gens], dim=0)
 
 
@@ -54,6 +58,23 @@ def randn(gen: Gen, batch: int, *shape: int, device: torch.device, dtype=torch.f
 def randint(gen: Gen, batch: int, low: int, high: int, *shape: int, device: torch.device) -> torch.Tensor:
     """Integers in [low, high) of shape (batch, *shape) on `device`."""
     return _draw("randint", gen, batch, tuple(shape), device, torch.int64, low, high)
+
+
+def split(gen: Gen, batch: int) -> Gen:
+    """One generator per image of a batch.
+
+    A list is returned as it is and None stays None (torch's global generator). A single
+    generator serves a batch of one directly; for a larger batch it first draws one 63-bit seed
+    per image (in image order) and each image gets a fresh generator on the same device seeded
+    with its seed. An image's draws then depend only on its own generator, whichever way the
+    batch is processed.
+    """
+    if gen is None or not isinstance(gen, torch.Generator):
+        return gen
+    if batch == 1:
+        return [gen]
+    seeds = torch.randint(0, 2**63 - 1, (batch,), generator=gen, device=gen.device).tolist()
+    return [torch.Generator(device=gen.device).manual_seed(int(s)) for s in seeds]
 
 
 def subset(gen: Gen, index: Sequence[int]) -> Gen:
