@@ -24,6 +24,9 @@ def _value_range(x: torch.Tensor, value_range: torch.Tensor | None) -> tuple[tor
     """Each image's (min, max) as two (B,) tensors of x's dtype: its own, or the one given."""
     b = x.shape[0]
     if value_range is None:
+        if b == 1:  # a full reduction: about 15x faster than the same along dim 1 on the CPU
+            lo, hi = torch.aminmax(x.reshape(-1))
+            return lo.view(1), hi.view(1)
         return torch.aminmax(x.reshape(b, -1), dim=1)
     value_range = torch.as_tensor(value_range, dtype=x.dtype, device=x.device).reshape(b, 2)
     return value_range[:, 0], value_range[:, 1]
@@ -289,8 +292,26 @@ def ppval(xk: Sequence[float], coefs: np.ndarray, x: torch.Tensor) -> torch.Tens
 
 
 def curves(x: torch.Tensor, xk: Sequence[float], yk: Sequence[float]) -> torch.Tensor:
-    """The KADID `curves` tone map: `spline` through the control points, `ppval`, clip to [0, 1]."""
-    return ppval(xk, spline_coefficients(xk, yk), x).clamp(0.0, 1.0)
+    """The KADID `curves` tone map: `spline` through the control points, `ppval`, clip to [0, 1].
+
+    Evaluated in the truncated-power form of the same piecewise cubic: the first piece's cubic
+    everywhere, plus d_i * max(x - xk[i], 0)^3 at each interior knot, d_i the jump of the cubic
+    coefficient there (a C2 cubic spline changes only that coefficient at a knot). MATLAB's
+    not-a-knot conditions make the jumps at the second and next-to-last knots zero, so a
+    five-point curve is one cubic and one truncated term, and a three-point one a parabola:
+    a few in-place passes instead of a search for each value's interval. Returns a new tensor.
+    """
+    coefs = spline_coefficients(xk, yk)
+    x0 = float(xk[0])
+    t = x - x0 if x0 != 0.0 else x
+    c0, c1, c2, c3 = (float(v) for v in coefs[0])
+    y = torch.mul(t, c0).add_(c1).mul_(t).add_(c2).mul_(t).add_(c3)
+    scale = float(np.abs(coefs[:, 0]).max()) + 1.0
+    for i in range(1, len(coefs)):
+        d = float(coefs[i, 0] - coefs[i - 1, 0])
+        if abs(d) > 1e-12 * scale:
+            y.add_(torch.sub(t, float(xk[i]) - x0).clamp_min_(0.0).pow_(3), alpha=d)
+    return y.clamp_(0.0, 1.0)
 
 
 def apply_per_value(x: torch.Tensor, values: Sequence[float], fn) -> torch.Tensor:
