@@ -30,12 +30,19 @@ _YCBCR_OFFSET = (16.0, 128.0, 128.0)
 _GRAY = (0.298936021293775, 0.587043074451121, 0.114020904255103)
 
 
-def _mix(x: torch.Tensor, matrix) -> torch.Tensor:
-    """out[:, i] = sum_j matrix[i][j] * x[:, j] (a 3x3 colour matrix on a (B, 3, H, W) batch)."""
+def _mix(x: torch.Tensor, matrix, bias=None) -> torch.Tensor:
+    """out[:, i] = sum_j matrix[i][j] * x[:, j] (+ bias[i]): a 3x3 colour matrix on a (B, 3, H, W)
+    batch, one matrix product (`addmm` with the bias) for a single image."""
     m = torch.as_tensor(matrix, dtype=x.dtype, device=x.device)
     if x.shape[0] == 1:
-        return torch.mm(m, x.reshape(3, -1)).view_as(x)
-    return torch.einsum("ij,bjhw->bihw", m, x)
+        if bias is None:
+            return torch.mm(m, x.reshape(3, -1)).view_as(x)
+        b = torch.as_tensor(bias, dtype=x.dtype, device=x.device).view(3, 1)
+        return torch.addmm(b, m, x.reshape(3, -1)).view_as(x)
+    out = torch.einsum("ij,bjhw->bihw", m, x)
+    if bias is not None:
+        out.add_(torch.as_tensor(bias, dtype=x.dtype, device=x.device).view(1, 3, 1, 1))
+    return out
 
 
 def rgb2gray(x: torch.Tensor) -> torch.Tensor:
@@ -44,29 +51,32 @@ def rgb2gray(x: torch.Tensor) -> torch.Tensor:
     return torch.mul(x[:, 0:1], r).add_(x[:, 1:2], alpha=g).add_(x[:, 2:3], alpha=b)
 
 
-def _piecewise(x: torch.Tensor, cut: float, low, high, exact: bool) -> torch.Tensor:
+def _piecewise(x: torch.Tensor, cut: float, low, high, exact: bool, inplace: bool = False) -> torch.Tensor:
     """low(x) where x <= cut, else high(x), for two branches that meet at `cut`.
 
-    Computed as high(max(x, cut)) + low(min(x, cut)) - high(cut): three cheap passes instead of
-    a boolean mask and `torch.where` (which cost more than a power on the CPU). Where the two
+    Computed as high(max(x, cut)) + low(min(x, cut)) - high(cut): cheap passes instead of a
+    boolean mask and `torch.where` (which cost more than a power on the CPU). Where the two
     branches meet exactly (the L*a*b* cube root and its inverse) the result is the same up to
     rounding. The sRGB transfer curve's branches miss each other by 1.4e-7 at its cut, which the
     blend would move the low branch by; for that curve float64 (`exact`) uses `torch.where`.
-    `low` and `high` may work in place on their argument.
+    `low` and `high` may work in place on their argument; `inplace` lets the result overwrite x.
     """
     if exact and x.dtype == torch.float64:
         return torch.where(x <= cut, low(x.clone()), high(x.clamp_min(cut)))
     joint = float(high(torch.tensor([cut], dtype=torch.float64))[0])
-    out = high(x.clamp_min(cut))
-    return out.add_(low(x.clamp_max(cut))).sub_(joint)
+    below = low(x.clamp_max(cut))
+    out = high(x.clamp_min_(cut) if inplace else x.clamp_min(cut))
+    return out.add_(below).sub_(joint)
 
 
-def _srgb_to_linear(v: torch.Tensor) -> torch.Tensor:
-    return _piecewise(v, 0.04045, lambda t: t.div_(12.92), lambda t: t.add_(0.055).div_(1.055).pow_(2.4), True)
+def _srgb_to_linear(v: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return _piecewise(v, 0.04045, lambda t: t.div_(12.92), lambda t: t.add_(0.055).div_(1.055).pow_(2.4), True,
+                      inplace)
 
 
-def _linear_to_srgb(v: torch.Tensor) -> torch.Tensor:
-    return _piecewise(v, 0.0031308, lambda t: t.mul_(12.92), lambda t: t.pow_(1 / 2.4).mul_(1.055).sub_(0.055), True)
+def _linear_to_srgb(v: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return _piecewise(v, 0.0031308, lambda t: t.mul_(12.92), lambda t: t.pow_(1 / 2.4).mul_(1.055).sub_(0.055),
+                      True, inplace)
 
 
 def _white() -> list[list[float]]:
@@ -80,11 +90,23 @@ def _white_inv() -> list[list[float]]:
     return (inv * torch.as_tensor(_WHITE_D65, dtype=torch.float64).view(1, 3)).tolist()
 
 
+def rgb2labf(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """sRGB -> (f(X/Xn), f(Y/Yn), f(Z/Zn)), the cube-root stage of L*a*b*, from which
+    L = 116 fy - 16, a = 500 (fx - fy), b = 200 (fy - fz). `inplace` may overwrite x."""
+    t = _mix(_srgb_to_linear(x, inplace), _white())
+    return _piecewise(t, _DELTA ** 3, lambda u: u.div_(3 * _DELTA ** 2).add_(4 / 29), lambda u: u.pow_(1 / 3),
+                      False, True)
+
+
+def labf2rgb(f: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Inverse of `rgb2labf` (not clipped). `inplace` may overwrite f."""
+    t = _piecewise(f, _DELTA, lambda u: u.sub_(4 / 29).mul_(3 * _DELTA ** 2), lambda u: u.pow_(3), False, inplace)
+    return _linear_to_srgb(_mix(t, _white_inv()), True)
+
+
 def rgb2lab(x: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1] -> L*a*b* (L in [0, 100]), D65."""
-    t = _mix(_srgb_to_linear(x), _white())
-    d3 = _DELTA ** 3
-    f = _piecewise(t, d3, lambda u: u.div_(3 * _DELTA ** 2).add_(4 / 29), lambda u: u.pow_(1 / 3), False)
+    f = rgb2labf(x)
     out = torch.empty_like(f)
     torch.mul(f[:, 1:2], 116.0, out=out[:, 0:1]).sub_(16.0)
     torch.sub(f[:, 0:1], f[:, 1:2], out=out[:, 1:2]).mul_(500.0)
@@ -98,8 +120,7 @@ def lab2rgb(lab: torch.Tensor) -> torch.Tensor:
     fy = torch.add(lab[:, 0:1], 16.0, out=f[:, 1:2]).div_(116.0)
     torch.add(fy, lab[:, 1:2], alpha=1 / 500, out=f[:, 0:1])
     torch.sub(fy, lab[:, 2:3], alpha=1 / 200, out=f[:, 2:3])
-    t = _piecewise(f, _DELTA, lambda u: u.sub_(4 / 29).mul_(3 * _DELTA ** 2), lambda u: u.pow_(3), False)
-    return _linear_to_srgb(_mix(t, _white_inv()))
+    return labf2rgb(f, True)
 
 
 def rgb2hsv(x: torch.Tensor) -> torch.Tensor:
@@ -127,13 +148,11 @@ def hsv2rgb(hsv: torch.Tensor) -> torch.Tensor:
 
 def rgb2ycbcr(x: torch.Tensor) -> torch.Tensor:
     """MATLAB `rgb2ycbcr` on [0, 1] data (BT.601 studio range, result in [0, 1] units)."""
-    off = torch.as_tensor(_YCBCR_OFFSET, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255.0
-    return _mix(x, [[v / 255.0 for v in row] for row in _YCBCR]).add_(off)
+    return _mix(x, [[v / 255.0 for v in row] for row in _YCBCR], [v / 255.0 for v in _YCBCR_OFFSET])
 
 
 def ycbcr2rgb(y: torch.Tensor) -> torch.Tensor:
     """MATLAB `ycbcr2rgb` on [0, 1] data (inverse of `rgb2ycbcr`; not clipped here)."""
     inv = torch.linalg.inv(torch.as_tensor(_YCBCR, dtype=torch.float64)) * 255.0
     off = torch.as_tensor(_YCBCR_OFFSET, dtype=torch.float64) / 255.0
-    bias = (-(inv @ off)).to(y.dtype).to(y.device).view(1, 3, 1, 1)
-    return _mix(y, inv.tolist()).add_(bias)
+    return _mix(y, inv.tolist(), (-(inv @ off)).tolist())

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from dsmix_cli.distortions import _random
-from dsmix_cli.distortions._colorspace import lab2rgb, rgb2gray, rgb2lab
+from dsmix_cli.distortions._colorspace import lab2rgb, labf2rgb, rgb2gray, rgb2lab, rgb2labf
 from dsmix_cli.distortions._matlab import apply_per_value, gaussian_filter, mapmm, per_sample, replicate_shift
 
 Amount = float | Sequence[float]
@@ -111,9 +111,18 @@ def color_saturation_hsv(x: torch.Tensor, factor: Amount, generator: _random.Gen
 
 def color_saturation_lab(x: torch.Tensor, factor: Amount, generator: _random.Gen = None) -> torch.Tensor:
     """Type 8, MATLAB `imsaturate(im, factor)`: a* and b* multiplied by `factor` (1, 2, 3, 6, 9),
-    back to RGB, truncated to [0, 1]."""
+    back to RGB, truncated to [0, 1].
+
+    Computed on the cube-root stage (fx, fy, fz) of L*a*b*: a = 500 (fx - fy) and
+    b = 200 (fy - fz), so scaling a and b by s with L kept is fx <- fy + s (fx - fy),
+    fz <- fy + s (fz - fy), without forming L, a and b.
+    """
     b = x.shape[0]
-    f = torch.as_tensor(per_sample(factor, b), dtype=x.dtype, device=x.device).view(b, 1, 1, 1)
-    lab = rgb2lab(x)
-    lab = torch.cat([lab[:, 0:1], lab[:, 1:3] * f], dim=1)
-    return lab2rgb(lab).clamp(0.0, 1.0)
+    fs = per_sample(factor, b)
+    f = rgb2labf(x, inplace=True)
+    fy = f[:, 1:2]
+    s = fs[0] if len(set(fs)) == 1 else torch.as_tensor(fs, dtype=x.dtype, device=x.device).view(b, 1, 1, 1)
+    for ch in (0, 2):
+        c = f[:, ch:ch + 1]
+        c.sub_(fy).mul_(s).add_(fy)
+    return labf2rgb(f, inplace=True).clamp_(0.0, 1.0)

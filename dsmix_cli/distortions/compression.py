@@ -75,7 +75,10 @@ def jpeg(x: torch.Tensor, quality: Amount, generator: _random.Gen = None) -> tor
     """Type 10, MATLAB `imcompressjpeg(im, q)`: `imwrite(..., 'jpg', 'Quality', q)` and re-read;
     q = 43, 36, 24, 7, 4. torchvision encode/decode, on CUDA when the batch is on CUDA."""
     qualities = [int(round(q)) for q in per_sample(quality, x.shape[0])]
-    x8 = x.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
+    x8 = x.detach().clamp(0, 1).mul_(255).round_().to(torch.uint8)
+    if not x.is_cuda and x.shape[0] == 1:  # the CPU path, image by image: no lists, in place
+        decoded = decode_jpeg(encode_jpeg(x8[0], quality=qualities[0]))
+        return x.copy_(decoded.unsqueeze(0)).div_(255.0)
     out = torch.empty_like(x)
     for q in sorted(set(qualities)):
         idx = [i for i, v in enumerate(qualities) if v == q]
