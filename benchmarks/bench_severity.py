@@ -5,13 +5,16 @@ The severity of a level is the PSNR (dB, 8-bit) of `distort(x, t, level)` to the
 averaged over a fixed image set: a subset of the CLIVE images (every `CLIVE_STEP`-th file of
 `ChallengeDB_release/Images`, sorted by name, at their own 500x500 size) and the demo images
 shipped in `dsmix_cli/assets/demo`. Type 6 also records how many distinct colours each output has
-(`distort(..., mapmm=False)`, so that the dispatcher's final rescale cannot merge any).
+(`distort(..., mapmm=False)`, so that the dispatcher's final rescale cannot merge any) and, for
+records made since, how many distinct colours its palette has (MATLAB's `rgb2ind` colormap):
+exactly n. Floyd-Steinberg dithering need not use every palette colour, so the output may have
+fewer; the count of outputs with exactly n is reported beside the record's.
 
     python benchmarks/bench_severity.py --record benchmarks/results/severity-baseline.json  # write
     python benchmarks/bench_severity.py                                                   # compare
 
 A faster implementation of these two types may move each level's mean PSNR by at most
-`TOLERANCE_DB` from the record, and type 6 must keep exactly n colours where the record does.
+`TOLERANCE_DB` from the record, and type 6's palette must have exactly n colours.
 """
 
 from __future__ import annotations
@@ -66,6 +69,18 @@ def _to8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
+def palette_size(x: torch.Tensor, level: int) -> int:
+    """Distinct colours in type 6's palette for x (1, 3, H, W) at a level (after the first mapmm)."""
+    from PIL import Image
+
+    from dsmix_cli.distortions import compression, mapmm
+
+    x8 = _to8(mapmm(x)[0]).permute(1, 2, 0).numpy()
+    pal = compression.median_cut_palette(Image.fromarray(x8.copy()), int(level_value(6, level)))
+    rgb = torch.tensor(pal.getpalette()).view(-1, 3)  # Pillow keeps the palette at the colours it made
+    return int(torch.unique(rgb, dim=0).shape[0])
+
+
 def measure(paths: list[Path], types: tuple[int, ...] = TYPES) -> dict:
     """Per type and level: mean PSNR to the reference, and (type 6) the distinct-colour counts.
 
@@ -77,22 +92,25 @@ def measure(paths: list[Path], types: tuple[int, ...] = TYPES) -> dict:
     refs = [load_rgb_tensor(p) for p in paths]
     out: dict = {"images": [p.name for p in paths]}
     for t in types:
-        per_image, colours = [], []
+        per_image, colours, palettes = [], [], []
         for ref8 in refs:
             x = ref8.unsqueeze(0).float().div(255.0)
-            row, crow = [], []
+            row, crow, prow = [], [], []
             for lv in range(1, NUM_LEVELS + 1):
                 row.append(psnr8(_to8(distort(x, t, lv)[0]), ref8))
                 if t == 6:
                     y8 = _to8(distort(x, t, lv, mapmm=False)[0])
                     crow.append(int(torch.unique(y8.reshape(3, -1), dim=1).shape[1]))
+                    prow.append(palette_size(x, lv))
             per_image.append(row)
             if t == 6:
                 colours.append(crow)
+                palettes.append(prow)
         entry = {"psnr": [sum(r[lv] for r in per_image) / len(per_image) for lv in range(NUM_LEVELS)],
                  "psnr_per_image": per_image}
         if t == 6:
             entry["colours"] = colours
+            entry["palette_colours"] = palettes
             entry["colours_requested"] = [int(level_value(6, lv)) for lv in range(1, NUM_LEVELS + 1)]
         out[str(t)] = entry
     out["seconds"] = round(time.perf_counter() - start, 1)
@@ -127,8 +145,10 @@ def compare(new: dict, record: dict, tolerance: float = TOLERANCE_DB) -> list[di
                     n = a["colours_requested"][lv]
                     exact_before = sum(c[lv] == n for c in a["colours"])
                     exact_now = sum(c[lv] == n for c in b["colours"])
-                    row.update(exactly_n_record=exact_before, exactly_n_new=exact_now, images=len(b["colours"]))
-                    row["pass"] = ok and exact_now >= exact_before
+                    pal_exact = sum(c[lv] == n for c in b.get("palette_colours", []))
+                    row.update(exactly_n_record=exact_before, exactly_n_new=exact_now, images=len(b["colours"]),
+                               palette_exactly_n=pal_exact, at_most_n=all(c[lv] <= n for c in b["colours"]))
+                    row["pass"] = ok and pal_exact == len(b["colours"]) and row["at_most_n"]
                 rows.append(row)
     return rows
 
@@ -160,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = compare(result, json.loads(Path(args.against).read_text(encoding="utf-8")))
     for r in rows:
-        extra = f"  exactly n colours: {r['exactly_n_new']}/{r['images']} (record {r['exactly_n_record']})" \
-            if r["type"] == 6 else ""
+        extra = f"  palette of n colours: {r['palette_exactly_n']}/{r['images']}; outputs with exactly n: " \
+                f"{r['exactly_n_new']}/{r['images']} (record {r['exactly_n_record']})" if r["type"] == 6 else ""
         print(f"{r['set']:<6}{r['type']:>3}{r['level']:>3}  {r['record_db']:7.2f} -> {r['new_db']:7.2f} dB "
               f"({r['diff_db']:+.2f}) {'ok' if r['pass'] else 'FAIL'}{extra}")
     return 0 if rows and all(r["pass"] for r in rows) else 1

@@ -46,6 +46,8 @@ class DistortionType:
         cpu_only: runs through Pillow on the CPU.
         random: draws from the generator.
         monotone: level 5 departs further from the reference than level 1.
+        shared: optional `fn(x1, values) -> [tensor per value]` for one image at several
+            levels at once, cheaper than one call per level (JPEG2000: one encoding).
     """
 
     number: int
@@ -57,6 +59,7 @@ class DistortionType:
     cpu_only: bool = False
     random: bool = False
     monotone: bool = True
+    shared: Callable | None = None
 
 
 _T = DistortionType
@@ -71,7 +74,8 @@ TYPES: dict[int, DistortionType] = {t.number: t for t in (
     _T(7, "color_saturation_hsv", "imcolorsaturate", "factor", (0.4, 0.2, 0.1, 0, -0.4),
        color.color_saturation_hsv),
     _T(8, "color_saturation_lab", "imsaturate", "factor", (1, 2, 3, 6, 9), color.color_saturation_lab),
-    _T(9, "jpeg2000", "imcompressjp2k", "ratio", (16, 32, 45, 120, 400), compression.jpeg2000, cpu_only=True),
+    _T(9, "jpeg2000", "imcompressjp2k", "ratio", compression.JPEG2000_RATIOS, compression.jpeg2000, cpu_only=True,
+       shared=compression.jpeg2000_shared),
     _T(10, "jpeg", "imcompressjpeg", "quality", (43, 36, 24, 7, 4), compression.jpeg),
     _T(11, "white_noise", "imnoisegauss", "variance", (0.001, 0.002, 0.003, 0.005, 0.01),
        noise.white_noise, random=True),
@@ -132,6 +136,12 @@ def _pipeline(x: torch.Tensor, spec: DistortionType, values: list[float], gens: 
     _matlab.mapmm_(y, out_range, out=out, clip=True)
 
 
+def _one_image(y: torch.Tensor, in_range: torch.Tensor | None) -> bool:
+    """Whether every image of the batch is the same image with the same first rescale."""
+    same = all(torch.equal(y[0], y[i]) for i in range(1, y.shape[0]))
+    return same and (in_range is None or bool((in_range == in_range[:1]).all()))
+
+
 def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator: Generators,
          mapmm_: bool, in_range: torch.Tensor | None = None, out_range: torch.Tensor | None = None) -> torch.Tensor:
     """One type on a batch: on the CPU image by image (each image's working set stays in the
@@ -152,6 +162,15 @@ def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator
         _pipeline(y, spec, values, gens, mapmm_, rows["in"], rows["out"], out)
         return out.to(device=device, dtype=dtype)
     work = torch.empty(y.shape, dtype=torch.float32)
+    if spec.shared is not None and b > 1 and len(set(values)) > 1 and _one_image(y, rows["in"]):
+        first = _matlab.mapmm_(y[:1], None if rows["in"] is None else rows["in"][:1],
+                               out=torch.empty_like(y[:1])) if mapmm_ else y[:1].clone()
+        for i, z in enumerate(spec.shared(first, values)):
+            if mapmm_:
+                _matlab.mapmm_(z, None if rows["out"] is None else rows["out"][i:i + 1], out=work[i:i + 1], clip=True)
+            else:
+                torch.clamp(z, 0.0, 1.0, out=work[i:i + 1])
+        return work.to(device=device, dtype=dtype)
     for i in range(b):
         sl = slice(i, i + 1)
         _pipeline(y[sl], spec, values[sl], _random.subset(gens, [i]), mapmm_,
