@@ -108,6 +108,10 @@ MONOTONE_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.mono
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
+# Types whose function never writes into the tensor it is given (the others work in place on
+# a buffer of their own, so the dispatcher hands them a copy when the first rescale is the identity).
+_READ_ONLY = frozenset({1, 2, 3, 4, 5, 12, 16, 17, 18, 19, 21, 22, 25})
+
 
 def _check(dist_type: int, level: int) -> DistortionType:
     if dist_type not in TYPES:
@@ -128,7 +132,11 @@ def _pipeline(x: torch.Tensor, spec: DistortionType, values: list[float], gens: 
 
     The distortion functions may overwrite the buffer they are given (it is always a new one).
     """
-    y = _matlab.mapmm_(x, in_range, out=torch.empty_like(x)) if mapmm_ else x.clone()
+    own = spec.number not in _READ_ONLY
+    if mapmm_:
+        y = _matlab.mapmm_(x, in_range, out=torch.empty_like(x) if own else None, copy=own)
+    else:
+        y = x.clone() if own else x
     y = spec.fn(y, values, gens)
     if not mapmm_:
         torch.clamp(y, 0.0, 1.0, out=out)

@@ -50,7 +50,7 @@ def mapmm(x: torch.Tensor, value_range: torch.Tensor | None = None) -> torch.Ten
 
 
 def mapmm_(x: torch.Tensor, value_range: torch.Tensor | None = None, out: torch.Tensor | None = None,
-           clip: bool = False) -> torch.Tensor:
+           clip: bool = False, copy: bool = True) -> torch.Tensor:
     """`mapmm` computed in place (or into `out`, a tensor of x's shape): two passes over the
     pixels after the range. The same float operations as `mapmm`, so the same bits.
 
@@ -58,7 +58,17 @@ def mapmm_(x: torch.Tensor, value_range: torch.Tensor | None = None, out: torch.
     range is already exactly [0, 1] (the common case of an 8-bit image that uses the full range).
     `clip` also clips the result to [0, 1]; with the image's own range that is needed only for a
     constant image ((x - min) / (max - min) lies in [0, 1] exactly), so it is skipped otherwise.
+    With `out=None, copy=False` the result is a new tensor, or x itself when the rescale is the
+    identity (for a reader that does not write into it).
     """
+    if out is None and not copy and x.shape[0] == 1 and x.device.type == "cpu":
+        lo_t, hi_t = _value_range(x, value_range)
+        lo, span = float(lo_t[0]), float((hi_t - lo_t)[0])
+        if span > 0 and not (lo == 0.0 and span == 1.0):
+            return torch.sub(x, lo).div_(span)
+        return x.clamp(0.0, 1.0) if clip and (value_range is not None or span <= 0) else x
+    if out is None and not copy:
+        out = torch.empty_like(x)
     dst = x if out is None else out
     if x.shape[0] == 1 and x.device.type == "cpu":
         lo_t, hi_t = _value_range(x, value_range)
