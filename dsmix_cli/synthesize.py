@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from dsmix_cli.distortions import CPU_ONLY_TYPES, NUM_LEVELS, NUM_TYPES, denoiser_name, distort_batch, set_denoiser
+from dsmix_cli.distortions._memory import keep_freed_memory
 from dsmix_cli.engine.runtime import generator, resolve_device
 from dsmix_cli.errors import DatasetError, DsmixError, ImageReadError
 from dsmix_cli.fileio import atomic_open
@@ -366,6 +367,7 @@ def synthesize(config: SynthesizeConfig, on_progress: Callable[[int], None] | No
     """
     start = time.monotonic()
     plan = plan or plan_run(config)
+    keep_freed_memory()  # large image buffers reused instead of page-faulted in again
     device = resolve_device(config.device)
     set_denoiser(config.dncnn)
     out = Path(config.out).resolve()

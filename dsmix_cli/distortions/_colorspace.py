@@ -158,6 +158,16 @@ def hsv2rgb(hsv: torch.Tensor) -> torch.Tensor:
     return v - v * s * ramp
 
 
+def ycbcr_matrix(like: torch.Tensor) -> torch.Tensor:
+    """`rgb2ycbcr`'s matrix for [0, 1] data (rows Y, Cb, Cr), in like's dtype and device."""
+    return torch.as_tensor([[v / 255.0 for v in row] for row in _YCBCR], dtype=like.dtype, device=like.device)
+
+
+def ycbcr_offset(like: torch.Tensor) -> torch.Tensor:
+    """`rgb2ycbcr`'s offsets (16, 128, 128)/255 as a (1, 3, 1, 1) tensor."""
+    return torch.as_tensor([v / 255.0 for v in _YCBCR_OFFSET], dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
+
+
 def rgb2ycbcr(x: torch.Tensor) -> torch.Tensor:
     """MATLAB `rgb2ycbcr` on [0, 1] data (BT.601 studio range, result in [0, 1] units)."""
     return _mix(x, [[v / 255.0 for v in row] for row in _YCBCR], [v / 255.0 for v in _YCBCR_OFFSET])

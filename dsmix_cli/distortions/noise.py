@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from dsmix_cli.distortions import _random
-from dsmix_cli.distortions._colorspace import rgb2ycbcr, ycbcr2rgb
+from dsmix_cli.distortions._colorspace import rgb2ycbcr, ycbcr2rgb, ycbcr_matrix, ycbcr_offset
 from dsmix_cli.distortions._matlab import apply_per_value, per_sample
 from dsmix_cli.distortions.denoise import denoise, substitute_radius
 
@@ -45,9 +45,17 @@ def white_noise(x: torch.Tensor, variance: Amount, generator: _random.Gen = None
 def white_noise_color(x: torch.Tensor, variance: Amount, generator: _random.Gen = None) -> torch.Tensor:
     """Type 12, MATLAB `imnoisecolorcomp(im, v)`: `rgb2ycbcr` (BT.601 studio range), Gaussian
     `imnoise` with variance v on the three components (clipped to [0, 1]), `ycbcr2rgb`, clipped;
-    v = 1e-4, 5e-4, 1e-3, 2e-3, 3e-3."""
-    noisy = _gaussian(rgb2ycbcr(x), per_sample(variance, x.shape[0]), generator)
-    return ycbcr2rgb(noisy).clamp_(0.0, 1.0)
+    v = 1e-4, 5e-4, 1e-3, 2e-3, 3e-3. For one image the noise buffer takes the colour transform
+    in place (noise * sqrt(v) + offset + matrix @ RGB, one matrix product)."""
+    b, c, h, w = x.shape
+    values = per_sample(variance, b)
+    if b != 1:
+        noisy = _gaussian(rgb2ycbcr(x), values, generator)
+        return ycbcr2rgb(noisy).clamp_(0.0, 1.0)
+    n = _random.randn(generator, b, c, h, w, device=x.device, dtype=x.dtype, out=torch.empty_like(x))
+    n.mul_(_scale(values, x, torch.sqrt)).add_(ycbcr_offset(x))
+    n.view(3, -1).addmm_(ycbcr_matrix(x), x.reshape(3, -1))
+    return ycbcr2rgb(n.clamp_(0.0, 1.0)).clamp_(0.0, 1.0)
 
 
 def impulse_noise(x: torch.Tensor, density: Amount, generator: _random.Gen = None) -> torch.Tensor:
