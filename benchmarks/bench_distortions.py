@@ -226,14 +226,15 @@ def write_kadis_refs(folder: Path, per_type: int, size: tuple[int, int] = SIZE) 
     return csv_path
 
 
-def bench_synthesize(per_type: int = 2, batch_size: int = 16, work: Path | None = None) -> dict:
+def bench_synthesize(per_type: int = 2, batch_size: int = 16, work: Path | None = None,
+                     size: tuple[int, int] = SIZE) -> dict:
     """`dsmix synthesize` end to end in KADIS mode (BMP), one torch thread and one worker."""
     from dsmix_cli.synthesize import SynthesizeConfig, synthesize
 
     old = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="dsmix-bench-synth-") as tmp:
         root = Path(work) if work is not None else Path(tmp)
-        csv_path = write_kadis_refs(root / "ref_imgs", per_type)
+        csv_path = write_kadis_refs(root / "ref_imgs", per_type, size)
         out = root / "kadis"
         cfg = SynthesizeConfig(refs=root / "ref_imgs", out=out, csv=csv_path, fmt="bmp", workers=1, device="cpu",
                                batch_size=batch_size)
@@ -247,7 +248,7 @@ def bench_synthesize(per_type: int = 2, batch_size: int = 16, work: Path | None 
         written = res.written
     return {"images": written, "references": per_type * NUM_TYPES, "cpu_seconds": cpu, "wall_seconds": wall,
             "images_per_cpu_s": written / cpu, "images_per_wall_s": written / wall, "batch_size": batch_size,
-            "workers": 1, "torch_threads": 1, "format": "bmp", "size": list(SIZE)}
+            "workers": 1, "torch_threads": 1, "format": "bmp", "size": list(size)}
 
 
 # ----------------------------------------------------------------------------------- record

@@ -103,6 +103,18 @@ def _jpeg2000_open(data: bytes, layers: int = 0) -> Image.Image:
 JPEG2000_RATIOS = (16.0, 32.0, 45.0, 120.0, 400.0)  # the dispatcher's levels 1-5 of type 9
 
 
+LAYERED_MIN_BYTES = 1024  # layered encoding once the highest ratio still leaves this many bytes
+
+
+def layered(height: int, width: int) -> bool:
+    """Whether an image of this size is encoded with one layer per level ratio: when even the
+    highest ratio leaves `LAYERED_MIN_BYTES` (512x384: 1,475 bytes at ratio 400), so that the
+    layer headers are a negligible part of any level's budget. Smaller images (crops) get one
+    single-layer encoding per ratio. The choice depends on the size alone, so an image's output
+    never depends on what else is in its batch."""
+    return height * width * 3 / max(JPEG2000_RATIOS) >= LAYERED_MIN_BYTES
+
+
 def _layer_ratios(ratios) -> list[float]:
     """The quality layers of the encoding: every ratio of the level table, and any other one
     asked for, highest ratio (lowest quality) first."""
@@ -114,7 +126,7 @@ def jpeg2000_levels(im: Image.Image, ratios: Sequence[float]) -> list[Image.Imag
     OpenJPEG through Pillow in rate mode (ratio of raw to compressed size) with the
     irreversible 9/7 wavelet (lossy).
 
-    The image is encoded once with one quality layer per ratio of the level table (highest
+    An image of KADIS size (`layered`) is encoded once with one quality layer per ratio of the level table (highest
     ratio first), and the image at ratio r is decoded from the layers up to r's. OpenJPEG's
     rate allocation truncates every code-block at the same rate-distortion slope as for a
     single-layer encoding at r, so the decoded image is that one up to the few bytes the other
@@ -122,6 +134,9 @@ def jpeg2000_levels(im: Image.Image, ratios: Sequence[float]) -> list[Image.Imag
     fifths of the cost, so the five levels of one image cost about two single encodings; and
     the image at a ratio is the same whichever other ratios are asked for with it.
     """
+    if not layered(im.height, im.width):
+        single = {float(r): _jpeg2000_open(_jpeg2000_save(im, [float(r)])) for r in set(ratios)}
+        return [single[float(r)] for r in ratios]
     layers = _layer_ratios(ratios)
     data = _jpeg2000_save(im, layers)
     out = {}
