@@ -312,7 +312,7 @@ def targets(row: dict, t: int) -> dict:
             "b8_over_b1": row["b8_1t"] / row["b1_1t"], "pass_b8_vs_b1": row["b8_1t"] >= (1 - NOISE) * row["b1_1t"]}
 
 
-def previous_record(path: Path) -> dict | None:
+def previous_record(path: Path, committed_only: bool = False) -> dict | None:
     """The record as last committed (else the file as it is), for the side-by-side table."""
     try:
         rel = path.resolve().relative_to(ROOT)
@@ -320,7 +320,8 @@ def previous_record(path: Path) -> dict | None:
                               check=True).stdout
         return json.loads(text)
     except (ValueError, OSError, subprocess.CalledProcessError, json.JSONDecodeError):
-        pass
+        if committed_only:
+            return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -356,7 +357,8 @@ def format_table(result: dict, previous: dict | None) -> str:
     if five:
         prev = (previous or {}).get("five_levels_1t", {})
         lines.append("\nThe five levels of one image per call (as `dsmix synthesize` sends them), one thread: " +
-                     "; ".join(f"type {t} {v:.0f} img/s (previous {prev.get(t, 0):.0f})" for t, v in five.items()) + ".")
+                     "; ".join(f"type {t} {v:.0f} img/s (previous "
+                               f"{'-' if t not in prev else format(prev[t], '.0f')})" for t, v in five.items()) + ".")
     syn = result.get("synthesize")
     if syn:
         prev = (previous or {}).get("synthesize", {}).get("images_per_cpu_s")
@@ -388,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads(Path(args.table).read_text(encoding="utf-8"))
         for t, row in record["types"].items():
             row["bar"] = targets(row, int(t))
-        print(format_table(record, previous_record(Path(args.table))))
+        previous = previous_record(Path(args.table), committed_only=True)
+        if previous is not None and previous.get("timestamp") == record.get("timestamp"):
+            previous = None  # the committed record is this one
+        print(format_table(record, previous))
         return 0
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     log = (lambda m: print(m, file=sys.stderr, flush=True))

@@ -34,7 +34,7 @@ NUM_LEVELS = 5
 
 @dataclass(frozen=True)
 class DistortionType:
-    """One row of the KADID table (DISTORTIONS.md §1.2).
+    """One row of the KADID table (docs/distortions.md).
 
     Attributes:
         number: the KADID type number (1-25).
