@@ -119,8 +119,8 @@ def settings_for(device: torch.device, quick: bool) -> Settings:
                  dsm_steps=6, probe_images=16, probe_arch="resnet18", probe_size=64, score_images=64, score_batch=16,
                  workers=0, channels_last=False)
     if quick:
-        s = replace(s, dist_quick=True, synth_per_type=1, dsmix_quick=True, refs=12, qep_batch=8, qep_steps=4, dsm_depth=2,
-                    dsm_batch=4, dsm_steps=4, probe_images=8, score_images=32)
+        s = replace(s, dist_quick=True, synth_per_type=1, dsmix_quick=True, refs=12, qep_batch=8, qep_steps=4,
+                    dsm_depth=2, dsm_batch=4, dsm_steps=4, probe_images=8, score_images=32)
     return s
 
 
