@@ -31,7 +31,8 @@ from typing import Callable
 
 import torch
 
-from dsmix_cli.distortions import CPU_ONLY_TYPES, NUM_LEVELS, NUM_TYPES, denoiser_name, distort, distort_batch, set_denoiser
+from dsmix_cli.distortions import CPU_ONLY_TYPES, NUM_LEVELS, NUM_TYPES, denoiser_name, distort_batch, set_denoiser
+from dsmix_cli.distortions._memory import keep_freed_memory
 from dsmix_cli.engine.runtime import generator, resolve_device
 from dsmix_cli.data.entries import Confinement, Unique, name_key
 from dsmix_cli.data.pairs import SYNTH_RECORD
@@ -263,7 +264,7 @@ class _Runner:
         self.device = device
         self.pool = pool
         self.on_progress = on_progress
-        self.futures: set[Future] = set()
+        self.futures: dict[Future, int] = {}  # a pool task -> the images it writes
         self.groups: dict[tuple, list[tuple[torch.Tensor, Job]]] = OrderedDict()
         self.written = 0
         self.limit = 4 * max(1, config.workers) + 2 * config.batch_size
@@ -271,29 +272,42 @@ class _Runner:
     def _save(self, img8: torch.Tensor, job: Job) -> None:
         save_image_atomic(img8, job.path)
 
-    def _cpu_job(self, ref8: torch.Tensor, job: Job) -> None:
-        x = ref8.unsqueeze(0).float().div_(255.0)
-        g = generator(self.config.seed, job.stem, job.dist_type, job.level)
-        y = distort(x, job.dist_type, job.level, g, mapmm=self.config.mapmm)
-        self._save(to_uint8(y[0]), job)
+    def _cpu_jobs(self, ref8: torch.Tensor, jobs: list[Job]) -> None:
+        """The levels of one CPU-only type of one reference, in one call (JPEG2000 encodes the
+        image once for all its levels; each level's image does not depend on the others)."""
+        x = ref8.unsqueeze(0).float().div_(255.0).expand(len(jobs), -1, -1, -1)
+        gens = [generator(self.config.seed, j.stem, j.dist_type, j.level) for j in jobs]
+        y = distort_batch(x, torch.tensor([j.dist_type for j in jobs]), torch.tensor([j.level for j in jobs]), gens,
+                          mapmm=self.config.mapmm)
+        for img, job in zip(to_uint8(y), jobs):
+            self._save(img, job)
 
-    def submit(self, fn, *args) -> None:
-        self.futures.add(self.pool.submit(fn, *args))
+    def submit(self, fn, *args, images: int = 1) -> None:
+        self.futures[self.pool.submit(fn, *args)] = images
         self.drain(self.limit)
 
     def drain(self, limit: int) -> None:
         while len(self.futures) > limit:
-            done, self.futures = wait(self.futures, return_when=FIRST_COMPLETED)
+            done, _ = wait(self.futures, return_when=FIRST_COMPLETED)
             for f in done:
                 f.result()  # an error writing an output stops the run (disk full, permissions)
-                self.written += 1
+                n = self.futures.pop(f)
+                self.written += n
                 if self.on_progress is not None:
-                    self.on_progress(1)
+                    self.on_progress(n)
+
+    def add_reference(self, ref8: torch.Tensor, jobs: list[Job]) -> None:
+        """All the jobs of one reference: CPU-only types on the pool, one task per type."""
+        by_type: dict[int, list[Job]] = OrderedDict()
+        for job in jobs:
+            if job.dist_type in CPU_ONLY_TYPES:
+                by_type.setdefault(job.dist_type, []).append(job)
+            else:
+                self.add(ref8, job)
+        for group in by_type.values():
+            self.submit(self._cpu_jobs, ref8, group, images=len(group))
 
     def add(self, ref8: torch.Tensor, job: Job) -> None:
-        if job.dist_type in CPU_ONLY_TYPES:
-            self.submit(self._cpu_job, ref8, job)
-            return
         key = (job.dist_type, tuple(ref8.shape))
         self.groups.setdefault(key, []).append((ref8, job))
         if len(self.groups[key]) >= self.config.batch_size:
@@ -371,6 +385,7 @@ def synthesize(config: SynthesizeConfig, on_progress: Callable[[int], None] | No
     """
     start = time.monotonic()
     plan = plan or plan_run(config)
+    keep_freed_memory()  # large image buffers reused instead of page-faulted in again
     device = resolve_device(config.device)
     set_denoiser(config.dncnn)
     out = Path(config.out).resolve()
@@ -395,8 +410,7 @@ def synthesize(config: SynthesizeConfig, on_progress: Callable[[int], None] | No
                 if on_progress is not None:
                     on_progress(len(todo[ref]))
                 continue
-            for job in todo[ref]:
-                runner.add(ref8, job)
+            runner.add_reference(ref8, todo[ref])
         runner.finish()
     manifest = write_manifest(out, plan.jobs)
     write_json(out / SYNTH_RECORD, {"refs": str(Path(config.refs).resolve()), "csv": str(Path(config.csv).resolve())
