@@ -57,6 +57,22 @@ def test_koniq_with_only_1024x768_images_is_probed_at_512x384(home, tmp_path, mo
                               "--out", "run2", "--resize", "none", "--no-feature-cache", *TINY])
     assert res.exit_code == 0, res.output
     assert set(seen) == {(768, 1024)}
+    # evaluate (the score path) resizes the same way before its five crops
+    import dsmix_cli.evaluation.score as score_mod
+
+    crops_from = []
+    real_five = score_mod.five_crops
+
+    def five_spy(image, size):
+        crops_from.append(tuple(image.shape[-2:]))
+        return real_five(image, size)
+
+    monkeypatch.setattr(score_mod, "five_crops", five_spy)
+    res = runner.invoke(app, ["evaluate", "--dataset", "koniq", "--root", str(tmp_path / "koniq"), "--model", "run",
+                              "--device", "cpu", "--json", "E.json"])
+    assert res.exit_code == 0, res.output
+    assert set(crops_from) == {(384, 512)} and len(crops_from) == 6
+    assert json.loads((tmp_path / "E.json").read_text())["resize_to"] == [512, 384]
 
 
 @pytest.mark.slow

@@ -176,6 +176,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 32,
     workers: WorkersOpt = 0,
     device: DeviceOpt = "auto",
+    resize: ResizeOpt = "auto",
     allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Score a dataset (or one part of a probe's split) with a probed model and correlate with its labels.
@@ -185,6 +186,7 @@ def evaluate(
     from dsmix_cli.data.catalog import load_dataset
     from dsmix_cli.engine.runtime import resolve_device
     from dsmix_cli.evaluation.bundle import load_bundle
+    from dsmix_cli.evaluation.protocols import resolve_resize
     from dsmix_cli.evaluation.score import evaluate_model
     from dsmix_cli.evaluation.split_eval import select_part
 
@@ -193,8 +195,9 @@ def evaluate(
     ds = load_dataset(dataset, root, skip_missing=skip_missing, csv=csv, allow_outside_root=allow_outside_root)
     probed = load_bundle(run, resolve_device(device))
     ds, part = select_part(ds, probed.meta, split, seed=splits_seed, index=split_index, splits_from=splits_from)
+    resize_to = resolve_resize(resize, ds.name)
     with report.Bars(UNITS) as bars:
-        result = evaluate_model(probed, ds, batch_size=batch_size, workers=workers,
+        result = evaluate_model(probed, ds, batch_size=batch_size, workers=workers, resize_to=resize_to,
                                 on_progress=counter(bars, "scoring", len(ds.items)))
     result.update(part)
     if split != "all":
@@ -207,6 +210,8 @@ def evaluate(
         write_json(json, result)
     if not to_stdout:
         which = "" if split == "all" else f", {split} part of split {part['split_index']}"
+        if resize_to:
+            which += f", images at {resize_to[0]}x{resize_to[1]}"
         report.table(f"evaluate {result['dataset']}{which} with {run}", ["n", "SRCC", "PLCC", "KRCC"],
                      [(result["n"], result["srcc"], result["plcc"], result["krcc"])])
     if result["unreadable"]:

@@ -36,7 +36,7 @@ from dsmix_cli.data.splits import ScoreNormaliser
 from dsmix_cli.errors import DsmixError, ImageReadError
 from dsmix_cli.evaluation.bundle import ProbedModel
 from dsmix_cli.evaluation.metrics import MetricWarning, correlations
-from dsmix_cli.evaluation.views import collate_views, five_crops, resize_min_side
+from dsmix_cli.evaluation.views import collate_views, five_crops, resize_exact, resize_min_side
 from dsmix_cli.fileio import atomic_open, write_json, write_stdout
 from dsmix_cli.imageio import crops_uint8, is_image_file, load_rgb, pil_to_tensor
 from dsmix_cli.paths import glob_files, has_magic, path_text, walk_files
@@ -121,11 +121,14 @@ class ScoreCropDataset(TorchDataset):
     An image at least S on its shorter side is cropped in Pillow (only the crops are copied);
     a smaller one is first resized up so that its shorter side is S (`views.resize_min_side`).
     An unreadable image yields no crops and the reason, so one bad file never stops a batch.
+    With `resize_to` (W, H), every image of another size is first resized to it, as `probe`
+    does for a dataset whose protocol fixes the size (KonIQ-10k at 512x384).
     """
 
-    def __init__(self, paths: Sequence[str | Path], size: int):
+    def __init__(self, paths: Sequence[str | Path], size: int, resize_to: tuple[int, int] | None = None):
         self.paths = [Path(p) for p in paths]
         self.size = int(size)
+        self.resize_to = tuple(int(v) for v in resize_to) if resize_to else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -135,6 +138,11 @@ class ScoreCropDataset(TorchDataset):
             im = load_rgb(self.paths[index])
         except ImageReadError as exc:
             return index, torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8), str(exc)
+        if self.resize_to is not None and im.size != self.resize_to:
+            t = resize_exact(pil_to_tensor(im), self.resize_to)
+            if min(t.shape[-2:]) < self.size:
+                t = resize_min_side(t, self.size)
+            return index, five_crops(t, self.size).contiguous(), ""
         w, h = im.size
         if min(w, h) < self.size:
             crops = five_crops(resize_min_side(pil_to_tensor(im), self.size), self.size)
@@ -144,7 +152,8 @@ class ScoreCropDataset(TorchDataset):
 
 
 def score_images(model: ProbedModel, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0,
-                 on_progress: Callable[[int], None] | None = None) -> list[ScoredImage]:
+                 on_progress: Callable[[int], None] | None = None,
+                 resize_to: tuple[int, int] | None = None) -> list[ScoredImage]:
     """Score every image (5-crop average), in input order.
 
     Args:
@@ -153,10 +162,11 @@ def score_images(model: ProbedModel, paths: Sequence[Path], *, batch_size: int =
         batch_size: images per encoder batch (x5 crops).
         workers: data-loading processes.
         on_progress: called with the number of images done after each batch.
+        resize_to: (W, H) to resize every image to first (a dataset protocol's size), or None.
     """
     if batch_size < 1:
         raise DsmixError("--batch-size must be at least 1")
-    ds = ScoreCropDataset(paths, model.image_size)
+    ds = ScoreCropDataset(paths, model.image_size, resize_to)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_views)
     results: list[ScoredImage | None] = [None] * len(ds)
     for indices, crops, errors in loader:
@@ -230,8 +240,12 @@ def write_scores_json(path: str | Path, scored: Sequence[ScoredImage], model: Pr
 
 
 def evaluate_model(model: ProbedModel, dataset: Dataset, *, batch_size: int = 32, workers: int = 0,
-                   on_progress: Callable[[int], None] | None = None) -> dict:
+                   on_progress: Callable[[int], None] | None = None,
+                   resize_to: tuple[int, int] | None = None) -> dict:
     """Score every image of `dataset` and correlate with its labels (oriented higher = better).
+
+    `resize_to` (W, H): the size the dataset's protocol fixes, applied before the crops (as
+    `probe` does); recorded in the result as `resize_to`.
 
     Returns:
         `{"srcc", "plcc", "krcc", "plcc_logistic", "n", "dataset", "model", "encoder",
@@ -240,7 +254,8 @@ def evaluate_model(model: ProbedModel, dataset: Dataset, *, batch_size: int = 32
     Raises:
         DsmixError: fewer than two readable images.
     """
-    scored = score_images(model, dataset.paths(), batch_size=batch_size, workers=workers, on_progress=on_progress)
+    scored = score_images(model, dataset.paths(), batch_size=batch_size, workers=workers, on_progress=on_progress,
+                          resize_to=resize_to)
     ok = [i for i, r in enumerate(scored) if not r.error]
     if len(ok) < 2:
         raise DsmixError(f"{dataset.name}: fewer than two readable images to evaluate on", dataset.root)
@@ -263,4 +278,5 @@ def evaluate_model(model: ProbedModel, dataset: Dataset, *, batch_size: int = 32
         "missing": len(dataset.missing), "unreadable": len(bad), "unreadable_examples": bad[:5],
         "unreadable_files": bad,
         "mean_score": float(pred.mean()) if len(pred) else math.nan,
+        "resize_to": list(resize_to) if resize_to else None,
     }
