@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from dsmix_cli.engine.checkpoint import load_checkpoint
@@ -13,6 +14,7 @@ from dsmix_cli.qpt import normalize
 from test_ddp import _torchrun_two_ranks
 
 
+@pytest.mark.slow
 def test_two_rank_qpt_keeps_queue_and_momentum_encoder_identical(tmp_path):
     """The global batch of 4 references is split 2 + 2. Every rank enqueues the keys of all 16
     patches (gathered), so the pointer advances by 16 a step and both ranks hold the same queue,

@@ -190,3 +190,25 @@ def test_qpt_benchmark_reports_its_figures():
     for key in ("chains_ms", "step_ms", "loader_ms_per_region"):
         assert math.isfinite(rec[key]) and rec[key] > 0, key
     assert 0 < rec["chains_fraction"] < 1 and rec["region"] == 48
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_chains_and_step_on_cuda_match_the_cpu(refs, tmp_path):
+    """The device side of the chains on CUDA gives the CPU's regions (deterministic types), and
+    a bf16 run with channels_last trains and exports its encoder."""
+    ds = QPTDataset(sorted(refs.glob("*.png")), region=40, patch=24, seed=0, types=[1, 9, 16, 24],
+                    levels=[1, 3, 5], steps=3, skip=0.3, epoch_size=6, cpu_types=frozenset({9}))
+    batch = collate_qpt([ds[(0, i)] for i in range(6)])
+    cpu, ref_cpu = degrade_and_cut(batch, torch.device("cpu"), 24, _distort_batch_exact, None)
+    gpu, ref_gpu = degrade_and_cut(batch, torch.device("cuda"), 24, _distort_batch_exact, None)
+    assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=2e-3)
+    assert torch.equal(ref_gpu.cpu(), ref_cpu)
+    run = tmp_path / "cuda"
+    args = [a if a != "cpu" else "cuda" for a in TINY]
+    res = runner.invoke(app, ["qep", "--refs", str(refs), *args, "--amp", "bf16", "--channels-last", "--max-steps",
+                              "3", "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    assert all(math.isfinite(r["loss"]) for r in _log(run))
+    state, _ = load_weights(run / "encoder.safetensors", kind="qep-encoder")
+    assert set(state) == set(build_resnet("resnet18").state_dict())
