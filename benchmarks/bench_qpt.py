@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -113,7 +114,8 @@ def bench_qpt_step(device: str | torch.device = "auto", batch: int = 110, size: 
     return {"chains_ms": chains_ms, "step_ms": step_ms, "chains_fraction": chains_ms / step_ms,
             "loader_ms_per_region": loader_ms, "device": str(device), "batch": batch, "size": size,
             "region": region, "arch": arch, "queue": queue, "amp": amp, "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(),
+            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "load_average_1min": os.getloadavg()[0],
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 

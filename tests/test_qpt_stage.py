@@ -47,8 +47,10 @@ def _log(run: Path) -> list[dict]:
 
 def test_tiny_run_trains_and_its_encoder_goes_through_probe(refs, tmp_path):
     run = tmp_path / "run"
-    res = runner.invoke(app, ["qep", "--refs", str(refs), *TINY, "--max-steps", "3", "--seed", "1", "--out", str(run)])
+    res = runner.invoke(app, ["qep", "--refs", str(refs), *TINY, "--max-steps", "3", "--seed", "1", "--out", str(run),
+                              "--dsm-source", "gt"])
     assert res.exit_code == 0, res.output
+    assert "ignored with --pretext qpt (DSMix options): --dsm-source gt" in res.output
     assert "QPT degradation space: 1,740,126 chains" in res.output  # 25 types, 5 levels, up to 3 steps
     recs = _log(run)
     assert [r["step"] for r in recs] == [1, 2, 3]
@@ -142,7 +144,7 @@ def _distort_batch_exact(x, types, levels, generator=None):
 @pytest.mark.parametrize("extra,message", [
     (["--pretext", "simclr"], "--pretext 'simclr'"),
     (["--mix", "2"], "--mix is an option of the DSMix pretext"),
-    (["--dsm-source", "gt"], "--dsm-source is an option of the DSMix pretext"),
+    (["--dsm-model", "runs/dsm"], "--dsm-model is an option of the DSMix pretext"),
     (["--qpt-skip", "1"], "--qpt-skip must lie in [0, 1)"),
     (["--qpt-steps", "4", "--types", "1-3"], "--qpt-steps 4 must lie in 1..3"),
     (["--qpt-region", "32"], "--qpt-region 32 must exceed --image-size 32"),

@@ -43,9 +43,12 @@ from dsmix_cli.stages.qep import (ENCODER_FILE, KIND, QEPConfig, ReferenceCropDa
                                   encoder_meta, list_references)
 
 PRETEXTS = ("dsmix", "qpt")
-# Options of the DSMix pretext, with their defaults: `--pretext qpt` refuses other values.
+# Options of the DSMix pretext, with their defaults: `--pretext qpt` refuses other values...
 _DSMIX_ONLY = {"mix": 3, "paste_prob": 1.0, "label_mode": "normalized", "joint_head": False, "head_hidden": 1024,
-               "dsm_source": "model", "dsm_model": None, "dsm_maps": None, "dsm_pool": 8}
+               "dsm_model": None, "dsm_maps": None}
+# ... except the DSM source and pooling, which a configuration shared by both pretexts may set:
+# they are ignored, and the run says so.
+_DSMIX_IGNORED = {"dsm_source": "model", "dsm_pool": 8}
 _OPTION = {"mix": "--mix", "paste_prob": "--paste-prob", "label_mode": "--label-mode", "joint_head": "--joint-head",
            "head_hidden": "--head-hidden", "dsm_source": "--dsm-source", "dsm_model": "--dsm-model",
            "dsm_maps": "--dsm-maps", "dsm_pool": "--dsm-pool"}
@@ -311,6 +314,9 @@ def run_qpt(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config)
+    ignored = [f"{_OPTION[k]} {getattr(cfg, k)}" for k, v in _DSMIX_IGNORED.items() if getattr(cfg, k) != v]
+    if ignored:
+        info(f"ignored with --pretext qpt (DSMix options): {', '.join(ignored)}")
     info(f"QPT degradation space: {space:,} chains ({len(cfg.types)} types x {len(cfg.levels)} levels, up to "
          f"{opts.steps} steps, skip {opts.skip:g})")
     info(f"QEP (qpt): {len(dataset)} references/epoch, 4 patches of {cfg.image_size} px from 2 chains on "
