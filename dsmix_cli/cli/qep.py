@@ -12,10 +12,12 @@ from dsmix_cli import report
 from dsmix_cli.cli.common import (AllowOutsideRootOpt, AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt,
                                   SkipBadOpt, WorkersOpt, default_run_dir, finish_with_skipped, handle_errors,
                                   parse_int_list, resumed_config)
+from dsmix_cli.cli import qpt as Q
 
 
 def qep(
     ctx: typer.Context,
+    pretext: Q.PretextOpt = "dsmix",
     data: Annotated[Optional[Path], typer.Option(
         "--data", help="Pre-generated pairs: a `dsmix synthesize` folder, KADID-10k or KADIS-700k.")] = None,
     refs: Annotated[Optional[Path], typer.Option(
@@ -72,6 +74,14 @@ def qep(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 500,
     out: OutOpt = None,
     allow_outside_root: AllowOutsideRootOpt = False,
+    qpt_steps: Q.StepsOpt = Q.DEFAULTS["steps"],
+    qpt_skip: Q.SkipOpt = Q.DEFAULTS["skip"],
+    qpt_region: Q.RegionOpt = Q.DEFAULTS["region"],
+    qpt_temperature: Q.TemperatureOpt = Q.DEFAULTS["temperature"],
+    qpt_queue: Q.QueueOpt = Q.DEFAULTS["queue"],
+    qpt_momentum: Q.MomentumOpt = Q.DEFAULTS["momentum"],
+    qpt_dim: Q.DimOpt = Q.DEFAULTS["dim"],
+    qpt_hidden: Q.HiddenOpt = Q.DEFAULTS["hidden"],
 ) -> None:
     """Quality-encoder pre-training (QEP): DSMix + soft cross-entropy + semantic KD (METHOD.md 3-4).
 
@@ -86,7 +96,10 @@ def qep(
 
         raise DsmixError("--resume needs --out RUN (the run folder to continue)")
     cfg = QEPConfig(
-        out=out or default_run_dir("qep"), data=data, refs=refs, on_the_fly=on_the_fly, epoch_size=epoch_size,
+        out=out or default_run_dir("qep"), pretext=pretext,
+        qpt=Q.qpt_options(qpt_steps, qpt_skip, qpt_region, qpt_temperature, qpt_queue, qpt_momentum, qpt_dim,
+                          qpt_hidden),
+        data=data, refs=refs, on_the_fly=on_the_fly, epoch_size=epoch_size,
         types=parse_int_list(types, 1, 25, "--types"), levels=parse_int_list(levels, 1, 5, "--levels"),
         dsm_source=dsm_source, dsm_model=dsm_model, dsm_maps=dsm_maps, dsm_pool=dsm_pool, arch=arch,
         teacher=teacher, pretrained=pretrained, student_weights=student_weights, teacher_weights=teacher_weights,
@@ -98,7 +111,7 @@ def qep(
         seed=seed, device=device, max_steps=max_steps, resume=resume,
         log_every=log_every, checkpoint_every=checkpoint_every, allow_outside_root=allow_outside_root)
     if resume:
-        cfg = resumed_config(ctx, cfg, rename={"compile_model": "compile"})
+        cfg = resumed_config(ctx, cfg, rename={"compile_model": "compile", **Q.RESUME_NAMES})
     with report.Bars({"qep": "step"}) as bars:
         result = run_qep(cfg, info=report.info, on_progress=lambda p: bars(
             "qep", p["step"], p["total"], loss=p["loss"], lr=p["lr"]))

@@ -136,7 +136,8 @@ def read_run_config(run_dir: str | Path) -> dict:
 
 def restore_options(options: Any, saved: dict, given: Iterable[str]) -> Any:
     """A copy of the options dataclass `options` with every field the user did not give
-    (`given`: field names) taken from the saved config, except `NOT_RESTORED`.
+    (`given`: field names; "group.field" for a field of a nested options dataclass) taken from
+    the saved config, except `NOT_RESTORED`.
 
     Path-typed fields get `Path` values back; fields the saved config lacks keep their value.
     """
@@ -146,7 +147,13 @@ def restore_options(options: Any, saved: dict, given: Iterable[str]) -> Any:
         if f.name in given or f.name in NOT_RESTORED or f.name not in saved:
             continue
         value = saved[f.name]
-        if value is not None and "Path" in str(f.type):
+        current = getattr(options, f.name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            # a group of options (e.g. `qpt`): each sub-option the user did not give ("qpt.steps")
+            # comes from the saved config, the given ones stay
+            prefix = f.name + "."
+            value = restore_options(current, value, {g[len(prefix):] for g in given if g.startswith(prefix)})
+        elif value is not None and "Path" in str(f.type):
             value = Path(value)
         changes[f.name] = value
     return dataclasses.replace(options, **changes)

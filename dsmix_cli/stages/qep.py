@@ -37,6 +37,7 @@ from dsmix_cli.imageio import is_image_file, load_rgb_tensor, to_float, to_uint8
 from dsmix_cli.models.heads import QualityEncoderNet
 from dsmix_cli.models.losses import kd_loss, soft_cross_entropy
 from dsmix_cli.models.resnet import RESNET_ARCHS, build_resnet, input_stats
+from dsmix_cli.qpt import QPTOptions
 
 KIND = "qep"
 ENCODER_FILE = "encoder.safetensors"
@@ -53,6 +54,8 @@ class QEPConfig:
     """
 
     out: Path
+    pretext: str = "dsmix"              # dsmix (the paper) | qpt (stages/qpt.py, options in `qpt`)
+    qpt: QPTOptions = field(default_factory=QPTOptions)
     data: Path | None = None            # pre-generated pairs (issue 3 or KADIS-700k layout)
     refs: Path | None = None            # reference images, with on_the_fly
     on_the_fly: bool = False
@@ -354,6 +357,11 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
         TrainingError: a non-finite loss.
     """
     validate_config(cfg)
+    from dsmix_cli.stages.qpt import check_pretext, run_qpt
+
+    check_pretext(cfg)
+    if cfg.pretext == "qpt":
+        return run_qpt(cfg, info, on_progress)
     out = Path(cfg.out)
     saved = read_run_config(out) if cfg.resume else {}
     if cfg.resume:  # the options first, before any work; the derived values below
