@@ -171,7 +171,7 @@ def parse_int_list(text: str, lo: int, hi: int, what: str) -> list[int]:
     return sorted(values)
 
 
-# Option types used by several commands (CLI.md: global conventions).
+# Option types used by several commands (the same name, meaning and help text everywhere).
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = CUDA when available).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data order, crops, splits, initialisation).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON to this file ('-' = stdout).")]

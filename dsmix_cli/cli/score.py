@@ -93,7 +93,7 @@ def demo(
     device: DeviceOpt = "cpu",
     record: Annotated[bool, typer.Option(
         "--record-default/--no-record-default",
-        help="Make the demo's (toy) model the default model of `dsmix score` (CLI.md); the demo's other "
+        help="Make the demo's (toy) model the default model of `dsmix score` and `dsmix evaluate`; the demo's other "
              "runs never become defaults.")] = True,
 ) -> None:
     """The whole pipeline at toy scale on images shipped with the package, on CPU, in minutes:
