@@ -355,8 +355,9 @@ def read_kadis700k(root: Path, label: Path | None) -> Labels:
     `ref_imgs/`, distorted images `dist_imgs/<stem>_<tt>_<ll>.bmp` (ll = 01..05). No scores.
 
     As `dsmix synthesize --csv` does by default (docs/distortions.md, "The type-8 decision"), a
-    row with a `dist_type_2` (7,8) names type `dist_type_2`; the official generator's `dist_type_1` file is accepted in its place, and
-    `.png` in place of `.bmp` (as `dsmix synthesize --format png` writes).
+    row with a `dist_type_2` (7,8) names type `dist_type_2`; the official generator's
+    `dist_type_1` file is accepted in its place, and `.png` in place of `.bmp` (as
+    `dsmix synthesize --format png` writes).
     """
     file = _at(root, label, "kadis700k_ref_imgs.csv")
     header, rows = read_table(file)

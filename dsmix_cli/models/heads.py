@@ -15,7 +15,7 @@ from dsmix_cli.models.resnet import ResNetBackbone
 
 
 class MLPHead(nn.Sequential):
-    """in_dim -> hidden -> BatchNorm -> ReLU -> num_classes (ours: SaTQA's projector pattern, docs/method.md section 4)."""
+    """in_dim -> hidden -> BatchNorm -> ReLU -> num_classes (ours: SaTQA's projector pattern, docs/method.md 4)."""
 
     def __init__(self, in_dim: int, num_classes: int, hidden: int = 1024):
         super().__init__(
