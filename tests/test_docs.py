@@ -478,3 +478,36 @@ if os.environ.get("DSMIX_DOCS_REPORT"):  # a developer's aid: print every proble
                     parse_command(argv)
                 except click.exceptions.ClickException as exc:
                     print(f"{where}: {exc.format_message()}")
+
+
+# ----------------------------------------------------------------------------- Python snippets
+
+def python_blocks(text: str) -> list[str]:
+    blocks, lines = [], None
+    for line in text.splitlines():
+        if lines is None and re.match(r"^\s*```python\s*$", line):
+            lines = []
+        elif lines is not None and line.strip().startswith("```"):
+            blocks.append("\n".join(lines))
+            lines = None
+        elif lines is not None:
+            lines.append(line)
+    return blocks
+
+
+# the snippets that need no data set (the others name a dataset folder or a training run)
+RUNNABLE = ["README.md", "docs/distortions.md"]
+
+
+@pytest.mark.parametrize("page", RUNNABLE)
+def test_python_snippets_run_as_written_on_a_cpu_machine(page, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    blocks = python_blocks((REPO / page).read_text(encoding="utf-8"))
+    assert blocks, page
+    for code in blocks:
+        namespace: dict = {}
+        exec(compile(code, f"{page} snippet", "exec"), namespace)  # noqa: S102 - our own docs
+        tensors = [v for v in namespace.values() if isinstance(v, torch.Tensor)]
+        assert tensors and all(t.device.type == "cpu" for t in tensors)
