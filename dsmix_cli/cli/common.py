@@ -258,9 +258,6 @@ def quiet_if_stdout(*paths) -> bool:
     return to_stdout
 
 
-_UNITS = {"features": "img", "heads": "epoch", "head": "epoch", "scoring": "img"}
-
-
 def counter(bars: report.Bars, phase: str, total: int):
     """A callback adding n finished items to a progress phase of `total` items."""
     done = [0]

@@ -14,6 +14,8 @@ from dsmix_cli.cli.probe import print_probe_table
 
 
 SHOWN_ROWS = 20  # rows of the table printed when the scores also go to a file
+# progress units of the demo's phases: its training stages count optimizer steps
+DEMO_UNITS = {**UNITS, "pretrain-dsm": "step", "qep": "step"}
 
 
 def score(
@@ -108,7 +110,7 @@ def demo(
     from dsmix_cli.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=str(out or default_run_dir("demo")), device=device, record_default=record)
-    with report.Bars(UNITS) as bars:
+    with report.Bars(DEMO_UNITS) as bars:
         result = run_demo(cfg, on_info=report.info, on_progress=bars)
     print_probe_table(result["probe"])
     report.table("demo: evaluate and score", ["what", "value"], result["summary_rows"])
