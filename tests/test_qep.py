@@ -19,7 +19,7 @@ from dsmix_cli.models.resnet import build_resnet, input_stats
 
 runner = CliRunner()
 TINY = ["--arch", "resnet18", "--teacher", "resnet18", "--no-pretrained", "--image-size", "32",
-        "--batch-size", "2", "--device", "cpu", "--workers", "0", "--log-every", "1"]
+        "--batch-size", "2", "--device", "cpu", "--workers", "0", "--log-every", "1", "--val-every", "100"]
 
 
 def _image(seed: int, size: int = 80) -> torch.Tensor:
@@ -70,8 +70,10 @@ def pairs(tmp_path):
     return root
 
 
-def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def _log(run: Path, training: bool = True) -> list[dict]:
+    """metrics.jsonl; the training lines only (not the validation lines) unless `training` is False."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r] if training else rows
 
 
 def _invoke(args: list[str]):
@@ -83,7 +85,7 @@ def test_acceptance_on_the_fly_gt(refs, tmp_path):
     run = tmp_path / "run"
     res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), "--arch",
                    "resnet18", "--teacher", "resnet18", "--no-pretrained", "--image-size", "64", "--batch-size",
-                   "8", "--max-steps", "8", "--device", "cpu", "--seed", "1", "--workers", "0"])
+                   "8", "--max-steps", "8", "--device", "cpu", "--seed", "1", "--workers", "0", "--val-every", "4"])
     assert res.exit_code == 0, res.output
     assert "RANDOM weights" in res.output  # the random teacher is announced
     last = _log(run)[-1]

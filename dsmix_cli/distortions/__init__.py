@@ -24,8 +24,8 @@ from dsmix_cli.distortions.denoise import denoiser_name, set_denoiser
 
 __all__ = [
     "NUM_TYPES", "NUM_LEVELS", "TYPES", "TYPE_NAMES", "CPU_ONLY_TYPES", "RANDOM_TYPES",
-    "MONOTONE_TYPES", "DistortionType", "distort", "distort_batch", "level_value", "mapmm",
-    "set_denoiser", "denoiser_name",
+    "MONOTONE_TYPES", "HISTOGRAM_TYPES", "DistortionType", "distort", "distort_batch", "level_value", "mapmm",
+    "whole_image_context", "set_denoiser", "denoiser_name",
 ]
 
 NUM_TYPES = 25
@@ -46,6 +46,8 @@ class DistortionType:
         cpu_only: runs through Pillow on the CPU.
         random: draws from the generator.
         monotone: level 5 departs further from the reference than level 1.
+        histogram: computed from the image's value histogram (MATLAB thresholds the whole
+            image), so a crop can be given its whole image's (`fn(..., histogram=...)`).
     """
 
     number: int
@@ -57,6 +59,7 @@ class DistortionType:
     cpu_only: bool = False
     random: bool = False
     monotone: bool = True
+    histogram: bool = False
 
 
 _T = DistortionType
@@ -90,7 +93,8 @@ TYPES: dict[int, DistortionType] = {t.number: t for t in (
     _T(20, "non_eccentricity_patch", "imnoneccentricity", "patches", (20, 40, 60, 80, 100),
        spatial.non_eccentricity_patch, random=True),
     _T(21, "pixelate", "impixelate", "strength", (0.01, 0.05, 0.1, 0.2, 0.5), spatial.pixelate),
-    _T(22, "quantization", "imnoisequantize", "thresholds", (20, 16, 13, 10, 7), tone.quantization),
+    _T(22, "quantization", "imnoisequantize", "thresholds", (20, 16, 13, 10, 7), tone.quantization,
+       histogram=True),
     _T(23, "color_block", "imcolorblock", "blocks", (2, 4, 6, 8, 10), spatial.color_block, random=True),
     _T(24, "high_sharpen", "imsharpenHi", "amount", (1, 2, 3, 6, 12), blur.high_sharpen),
     _T(25, "contrast_change", "imcontrastc", "amount", (0.3, 0.15, 0, -0.4, -0.6), tone.contrast_change,
@@ -101,6 +105,7 @@ TYPE_NAMES: dict[int, str] = {n: t.name for n, t in TYPES.items()}
 CPU_ONLY_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.cpu_only)
 RANDOM_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.random)
 MONOTONE_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.monotone)
+HISTOGRAM_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.histogram)
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -118,15 +123,41 @@ def level_value(dist_type: int, level: int) -> float:
     return float(_check(dist_type, level).levels[level - 1])
 
 
+def whole_image_context(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a crop needs to know of its whole image to be distorted as the whole image is.
+
+    The MATLAB dispatcher works on whole images: its first `mapmm` uses the whole image's
+    range, and type 22 thresholds the whole image's histogram. Pass the two results to
+    `distort`/`distort_batch` (`in_range`, `histogram`) with a crop of `x`.
+
+    Args:
+        x: (B, 3, H, W) whole images in [0, 1] (or uint8).
+
+    Returns:
+        ((B, 2) float32 (min, max) over all channels, (B, 256) float32 value histogram of the
+        image after the first rescale, binned as `tone.multithresh` bins it).
+    """
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    flat = x.float().reshape(x.shape[0], -1)
+    value_range = torch.stack([flat.amin(dim=1), flat.amax(dim=1)], dim=1)
+    return value_range, tone.value_histogram(mapmm(x.float(), value_range)).float()
+
+
 def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator: Generators,
-         mapmm_: bool, in_range: torch.Tensor | None = None, out_range: torch.Tensor | None = None) -> torch.Tensor:
+         mapmm_: bool, in_range: torch.Tensor | None = None, out_range: torch.Tensor | None = None,
+         histogram: torch.Tensor | None = None) -> torch.Tensor:
     device, dtype = x.device, x.dtype
     y = x.float()
     if spec.cpu_only:
         y = y.cpu()
     if mapmm_:
         y = mapmm(y, in_range)
-    y = spec.fn(y, [float(spec.levels[lv - 1]) for lv in levels], generator)
+    values = [float(spec.levels[lv - 1]) for lv in levels]
+    if spec.histogram and histogram is not None:
+        y = spec.fn(y, values, generator, histogram=histogram)
+    else:
+        y = spec.fn(y, values, generator)
     if mapmm_:
         y = mapmm(y, out_range)
     return y.clamp(0.0, 1.0).to(device=device, dtype=dtype)
@@ -134,7 +165,7 @@ def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator
 
 def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators = None,
             *, mapmm: bool = True, in_range: torch.Tensor | None = None,
-            out_range: torch.Tensor | None = None) -> torch.Tensor:
+            out_range: torch.Tensor | None = None, histogram: torch.Tensor | None = None) -> torch.Tensor:
     """Apply one KADID distortion at one level to a batch (MATLAB `imdist_generator`).
 
     Args:
@@ -150,6 +181,8 @@ def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators =
             image's own range: a crop passes its whole image's range, as MATLAB rescales whole
             images.
         out_range: the same for the second rescale (the range the whole distorted image has).
+        histogram: optional (B, 256) value histogram of each whole image after the first
+            rescale (`whole_image_context`), for the types that threshold it (22); others ignore it.
 
     Returns:
         A tensor of x's shape, dtype and device, in [0, 1]. CPU-only types (6, 9) run on the CPU
@@ -158,12 +191,12 @@ def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators =
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
     spec = _check(int(dist_type), int(level))
-    return _run(x, spec, [int(level)] * x.shape[0], generator, mapmm, in_range, out_range)
+    return _run(x, spec, [int(level)] * x.shape[0], generator, mapmm, in_range, out_range, histogram)
 
 
 def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, generator: Generators = None,
                   *, mapmm: bool = True, in_range: torch.Tensor | None = None,
-                  out_range: torch.Tensor | None = None) -> torch.Tensor:
+                  out_range: torch.Tensor | None = None, histogram: torch.Tensor | None = None) -> torch.Tensor:
     """Apply a (type, level) per image; each type present runs once on its images.
 
     Args:
@@ -172,7 +205,7 @@ def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, ge
         levels: (B,) 1-based levels.
         generator: as in `distort`; a single generator is drawn from type by type in
             increasing type order, a list gives each image its own.
-        mapmm, in_range, out_range: as in `distort` ((B, 2) ranges, one row per image).
+        mapmm, in_range, out_range, histogram: as in `distort` (one row per image).
 
     Returns:
         The distorted batch (x's shape, dtype and device).
@@ -191,6 +224,8 @@ def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, ge
         rows = torch.as_tensor(idx, device=x.device)
         sub = _run(x[idx], TYPES[t], [l_list[i] for i in idx], _random.subset(generator, idx), mapmm,
                    None if in_range is None else torch.as_tensor(in_range, device=x.device)[rows],
-                   None if out_range is None else torch.as_tensor(out_range, device=x.device)[rows])
+                   None if out_range is None else torch.as_tensor(out_range, device=x.device)[rows],
+                   None if histogram is None or not TYPES[t].histogram
+                   else torch.as_tensor(histogram, device=x.device)[rows])
         out[torch.as_tensor(idx, device=x.device)] = sub
     return out

@@ -56,7 +56,23 @@ def contrast_change(x: torch.Tensor, amount: Amount, generator: _random.Gen = No
                            lambda xs, a: curves(xs, knots, (0.0, 0.25 - a / 4, 0.5, 0.75 + a / 4, 1.0)))
 
 
-def multithresh(x: torch.Tensor, n: int, bins: int = 256) -> torch.Tensor:
+def value_histogram(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """The `bins`-bin histogram of all the values (every channel) of each image, binned as
+    `multithresh` bins them: bin = round(value * (bins - 1)).
+
+    Args:
+        x: (B, C, H, W) in [0, 1].
+
+    Returns:
+        (B, bins) float64 counts (float32 on MPS).
+    """
+    b = x.shape[0]
+    dt = torch.float64 if x.device.type != "mps" else torch.float32
+    idx = (x.reshape(b, -1) * (bins - 1)).round().clamp(0, bins - 1).long()
+    return torch.zeros(b, bins, dtype=dt, device=x.device).scatter_add_(1, idx, torch.ones_like(idx, dtype=dt))
+
+
+def multithresh(x: torch.Tensor, n: int, bins: int = 256, histogram: torch.Tensor | None = None) -> torch.Tensor:
     """Otsu's `n`-threshold partition of each image's histogram (MATLAB `multithresh`).
 
     The exact optimum of the between-class variance over a `bins`-bin histogram of all the
@@ -65,6 +81,8 @@ def multithresh(x: torch.Tensor, n: int, bins: int = 256) -> torch.Tensor:
     Args:
         x: (B, C, H, W) in [0, 1].
         n: number of thresholds.
+        histogram: optional (B, bins) counts to partition instead of x's own (`value_histogram`
+            of the whole image a crop comes from: MATLAB thresholds the whole image).
 
     Returns:
         (B, n) int64 bin indices: class k holds bins (t[k-1], t[k]].
@@ -72,8 +90,10 @@ def multithresh(x: torch.Tensor, n: int, bins: int = 256) -> torch.Tensor:
     b = x.shape[0]
     dev = x.device
     dt = torch.float64 if dev.type != "mps" else torch.float32
-    idx = (x.reshape(b, -1) * (bins - 1)).round().clamp(0, bins - 1).long()
-    hist = torch.zeros(b, bins, dtype=dt, device=dev).scatter_add_(1, idx, torch.ones_like(idx, dtype=dt))
+    if histogram is None:
+        hist = value_histogram(x, bins)
+    else:
+        hist = torch.as_tensor(histogram, device=dev).to(dt).reshape(b, bins)
     levels = torch.arange(bins, dtype=dt, device=dev)
     zero = torch.zeros(b, 1, dtype=dt, device=dev)
     pm = torch.cat([zero, hist.cumsum(1)], dim=1)  # pm[j] = count of bins < j
@@ -103,18 +123,24 @@ def multithresh(x: torch.Tensor, n: int, bins: int = 256) -> torch.Tensor:
     return torch.stack(thresholds[::-1], dim=1)
 
 
-def quantization(x: torch.Tensor, levels: Amount, generator: _random.Gen = None) -> torch.Tensor:
+def quantization(x: torch.Tensor, levels: Amount, generator: _random.Gen = None,
+                 histogram: torch.Tensor | None = None) -> torch.Tensor:
     """Type 22, MATLAB `imnoisequantize(im, n)`: thr = `multithresh(im, n)` over all channels,
-    then `imquantize(im, thr, [0, thr(2:end), 1])`; n = 20, 16, 13, 10, 7."""
+    then `imquantize(im, thr, [0, thr(2:end), 1])`; n = 20, 16, 13, 10, 7.
 
-    def one(xs: torch.Tensor, n: float) -> torch.Tensor:
-        n = int(n)
+    `histogram` (B, 256), optional: the thresholds come from these counts (the whole image's,
+    for a crop) instead of from x's own values."""
+    ns = [int(v) for v in per_sample(levels, x.shape[0])]
+    out = torch.empty_like(x)
+    for n in sorted(set(ns)):
+        idx = [i for i, v in enumerate(ns) if v == n]
+        rows = torch.as_tensor(idx, device=x.device)
+        xs = x[rows]
         b = xs.shape[0]
-        thr_bins = multithresh(xs, n)  # (B, n)
+        thr_bins = multithresh(xs, n, histogram=None if histogram is None else torch.as_tensor(histogram)[idx])
         thr = thr_bins.to(xs.dtype) / 255.0
         values = torch.cat([torch.zeros_like(thr[:, :1]), thr[:, 1:], torch.ones_like(thr[:, :1])], dim=1)
         bins = (xs * 255).round().clamp(0, 255).long().reshape(b, -1)
         cls = torch.searchsorted(thr_bins.contiguous(), bins.contiguous())  # thresholds below each bin
-        return values.gather(1, cls).view_as(xs)
-
-    return apply_per_value(x, per_sample(levels, x.shape[0]), one)
+        out[rows] = values.gather(1, cls).view_as(xs)
+    return out
