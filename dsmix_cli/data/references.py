@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, default_collate
 
 from dsmix_cli.engine.data import split_keys
-from dsmix_cli.engine.runtime import generator
+from dsmix_cli.engine.runtime import generator, trim_memory
 from dsmix_cli.errors import DatasetError, DsmixError
 from dsmix_cli.imageio import is_image_file, load_rgb_tensor, to_float, to_uint8
 
@@ -86,7 +86,8 @@ class ReferenceCropDataset(Dataset):
     the CPU through Pillow (`cpu_types`: JPEG2000 and colour quantization) are applied right
     here, in the data-loader workers, so they never stall the training device; the item then
     carries the distorted 8-bit crop and `premade=True`. Every other type is applied batched on
-    the training device in the training step. `offset` is (top, left, flipped) of the crop.
+    the training device in the training step (`stages.qep.distort_on_the_fly`). `offset` is
+    (top, left, flipped) of the crop; a flipped crop is distorted unflipped, then flipped.
 
     `cache()` decodes every reference once and keeps it in memory (call it before the loader
     starts its workers, which then share the decoded images).
@@ -117,14 +118,14 @@ class ReferenceCropDataset(Dataset):
 
             value_range, hist = whole_image_context(img[None])
             return img, value_range[0], hist[0]
-        x = img.float().div_(255.0)
-        return img, torch.stack([x.amin(), x.amax()]), None
+        return img, torch.stack([img.amin(), img.amax()]).float() / 255.0, None
 
     def cache(self, on_progress: Callable[[int, int], None] | None = None) -> None:
         """Decode every reference once (with its whole-image range and histogram) and keep it."""
         for i in range(len(self.paths)):
             if i not in self._cache:
                 self._cache[i] = self._whole(i, need_histogram=True)
+                trim_memory()  # decoded files come and go, the images stay: keep the heap compact
             if on_progress is not None:
                 on_progress(i + 1, len(self.paths))
 
@@ -162,7 +163,9 @@ class ReferenceCropDataset(Dataset):
         if item["premade"]:  # the other types are distorted on the device, in the step
             from dsmix_cli.distortions import distort
 
-            item["dist"] = to_uint8(distort(to_float(item["ref"])[None], t, lv, generator=g, **kwargs)[0])
+            src = crop.flip(-1) if flipped else crop  # distorted unflipped, then flipped, as a whole image
+            out = to_uint8(distort(to_float(src)[None], t, lv, generator=g, **kwargs)[0])
+            item["dist"] = (out.flip(-1) if flipped else out).contiguous()
         return item
 
 

@@ -137,11 +137,19 @@ def whole_image_context(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ((B, 2) float32 (min, max) over all channels, (B, 256) float32 value histogram of the
         image after the first rescale, binned as `tone.multithresh` bins it).
     """
-    if x.dtype == torch.uint8:
-        x = x.float() / 255.0
-    flat = x.float().reshape(x.shape[0], -1)
-    value_range = torch.stack([flat.amin(dim=1), flat.amax(dim=1)], dim=1)
-    return value_range, tone.value_histogram(mapmm(x.float(), value_range)).float()
+    b = x.shape[0]
+    if x.dtype != torch.uint8:
+        flat = x.float().reshape(b, -1)
+        value_range = torch.stack([flat.amin(dim=1), flat.amax(dim=1)], dim=1)
+        return value_range, tone.value_histogram(mapmm(x.float(), value_range)).float()
+    # 8-bit images: count the 256 values once, then bin each value as mapmm + multithresh would
+    flat = x.reshape(b, -1)
+    value_range = torch.stack([flat.amin(dim=1), flat.amax(dim=1)], dim=1).float() / 255.0
+    counts = torch.stack([torch.bincount(row.long() if row.device.type == "mps" else row, minlength=256)
+                          for row in flat]).float()
+    values = (torch.arange(256, dtype=torch.float32, device=x.device) / 255.0).view(1, 1, 1, 256).expand(b, 1, 1, 256)
+    bins = (mapmm(values, value_range).reshape(b, 256) * 255).round().clamp(0, 255).long()
+    return value_range, torch.zeros(b, 256, device=x.device).scatter_add_(1, bins, counts)
 
 
 def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator: Generators,

@@ -1,6 +1,6 @@
-"""Quality-encoder pre-training (QEP) with DSMix and semantic distillation (METHOD.md 3-4).
+"""Quality-encoder pre-training (QEP) with DSMix and semantic distillation (docs/method.md).
 
-One step (METHOD.md 4, Algorithm 1 as reconstructed): B distorted crops and their B reference
+One step (the paper's Algorithm 1 as reconstructed): B distorted crops and their B reference
 crops; the DSM of every unmixed distorted crop (frozen DSM network, or the ground truth of the
 pair); DSMix of the distorted crops with DSM-weighted soft labels; soft cross-entropy of the
 type / level (/ joint) heads over the 2B images (references one-hot pristine); KD of the
@@ -8,7 +8,8 @@ student's layer1..4 features towards a frozen ImageNet teacher on the references
 
 Data come from a pre-generated pair folder (`data`, via `dsmix_cli.data.pairs`) or are made on
 the fly: reference crops from `refs`, distorted on the training device inside the step with a
-type and level drawn uniformly per sample from the step's generator.
+type and level drawn uniformly per sample from the step's generator. The heads are scored on
+held-out references every `val_every` steps (`stages.qep_validation`).
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ LR_SCHEDULES = ("step", "cosine")
 
 @dataclass
 class QEPConfig:
-    """Everything a QEP run needs; defaults are the paper's full-scale recipe (METHOD.md 4).
+    """Everything a QEP run needs; defaults are the paper's full-scale recipe (docs/method.md).
 
-    Every [R]/[P?] choice of METHOD.md is a field here and lands in `config.json` and the
+    Every choice the paper leaves open is a field here and lands in `config.json` and the
     checkpoints; the fixed readings (box sampling, reference batching, KD stages, CosD form)
     are recorded under `method`.
     """
@@ -238,7 +239,7 @@ def validate_config(cfg: QEPConfig) -> None:
             raise DsmixError(f"unknown architecture {name!r}; choose one of {', '.join(RESNET_ARCHS)}")
     if (cfg.teacher or cfg.arch) != cfg.arch and (cfg.kd_alpha or cfg.kd_beta):
         raise DsmixError(f"teacher {cfg.teacher} differs from the student {cfg.arch}: the KD stages would not "
-                         f"match (use a teacher of the same architecture, METHOD.md 4)")
+                         f"match (use a teacher of the same architecture)")
     if cfg.image_size < 32 or cfg.image_size % cfg.dsm_pool:
         raise DsmixError(f"--image-size {cfg.image_size} must be >= 32 and a multiple of the DSM pool {cfg.dsm_pool}")
     if cfg.batch_size < 2:
@@ -308,9 +309,42 @@ def _normalizer(arch: str, device: torch.device) -> Callable[[torch.Tensor], tor
     return lambda x: (x - m) / s
 
 
+def distort_on_the_fly(batch: dict, ref: torch.Tensor, gen: torch.Generator, distort=None) -> torch.Tensor:
+    """The distorted crops of an on-the-fly batch, on `ref`'s device: the ones made in the loader
+    workers (`premade`), the others distorted here with `distort` (`distort_batch`), each crop
+    rescaled as its whole image when the batch carries `in_range` (`--rescale image`). A flipped
+    crop is distorted unflipped, then flipped: as a whole image is distorted, then cropped and
+    flipped (JPEG's block coding is not mirror-symmetric)."""
+    if distort is None:
+        from dsmix_cli.distortions import distort_batch as distort
+    device = ref.device
+    types, levels = batch["type"].long().to(device), batch["level"].long().to(device)
+    premade = batch["premade"].bool().to(device)
+    dist = ref.clone()
+    if premade.any():
+        dist[premade] = to_float(batch["dist"].to(device, non_blocking=True))
+    todo = (~premade).nonzero().flatten()
+    if len(todo):  # CPU-only types were distorted in the loader workers already
+        whole = {}
+        if "in_range" in batch:
+            rows = todo.cpu()
+            whole = {"in_range": batch["in_range"][rows].to(device), "histogram": batch["histogram"][rows].to(device),
+                     "out_range": torch.tensor([[0.0, 1.0]], device=device).expand(len(todo), 2)}
+        flipped = batch["offset"][:, 2].bool().to(device)[todo] if "offset" in batch else None
+        src = ref[todo]
+        if flipped is not None and flipped.any():
+            src[flipped] = src[flipped].flip(-1)
+        with torch.autocast(device.type, enabled=False):  # distortions in full precision
+            out = distort(src, types[todo], levels[todo], generator=gen, **whole).float().clamp(0, 1)
+        if flipped is not None and flipped.any():
+            out[flipped] = out[flipped].flip(-1)
+        dist[todo] = out
+    return dist
+
+
 def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: torch.nn.Module | None,
                        distort=None):
-    """The QEP step (METHOD.md 4, steps 1-7) as `fn(model, batch, gen, step) -> StepOutput`."""
+    """The QEP step (Algorithm 1, steps 1-7) as `fn(model, batch, gen, step) -> StepOutput`."""
     norm_s = _normalizer(cfg.arch, device)
     norm_t = _normalizer(cfg.teacher or cfg.arch, device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -323,20 +357,7 @@ def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: to
         with torch.no_grad():
             if cfg.on_the_fly:  # type and level drawn per sample by the dataset (uniform)
                 types, levels = batch["type"].long().to(device), batch["level"].long().to(device)
-                premade = batch["premade"].bool().to(device)
-                dist = ref.clone()
-                if premade.any():
-                    dist[premade] = to_float(batch["dist"].to(device, non_blocking=True))
-                todo = (~premade).nonzero().flatten()
-                if len(todo):  # CPU-only types were distorted in the loader workers already
-                    whole = {}  # --rescale image: the crop is rescaled as its whole image (MATLAB)
-                    if "in_range" in batch:
-                        rows = todo.cpu()
-                        whole = {"in_range": batch["in_range"][rows].to(device), "histogram": batch["histogram"][rows].to(device),
-                                 "out_range": torch.tensor([[0.0, 1.0]], device=device).expand(len(todo), 2)}
-                    with torch.autocast(device.type, enabled=False):  # distortions in full precision
-                        dist[todo] = distort(ref[todo], types[todo], levels[todo], generator=gen,
-                                             **whole).float().clamp(0, 1)
+                dist = distort_on_the_fly(batch, ref, gen, distort)
             else:
                 dist = to_float(batch["dist"].to(device, non_blocking=True))
                 types, levels = batch["type"].long().to(device), batch["level"].long().to(device)

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from dsmix_cli.data.references import load_reference
-from dsmix_cli.engine.runtime import DistInfo, autocast, generator
+from dsmix_cli.engine.runtime import DistInfo, autocast, generator, trim_memory
 from dsmix_cli.errors import DatasetError
 from dsmix_cli.evaluation.pretext import SCALARS, PretextCounts, count_predictions, pretext_metrics
 from dsmix_cli.fileio import write_json
@@ -114,6 +114,8 @@ def reference_validation_set(paths: list[Path], keys: list[str], types: list[int
             d_levels.append(lv)
         top, left = _offsets(h, w, size, keys[r], t, "pristine")
         pristine.append((x[0, :, top:top + size, left:left + size] * 255).round().to(torch.uint8))
+        del y
+        trim_memory()  # whole images come and go, crops stay: keep the heap from fragmenting
         if on_progress is not None:
             on_progress(done, len(mine))
     vs = ValidationSet(_stack(dist, size), torch.tensor(d_types, dtype=torch.long),
