@@ -232,6 +232,9 @@ class PretextValidator:
         return rows
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        if self.dist.enabled:  # every rank scores with rank 0's BatchNorm statistics (the saved ones)
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf, 0)
         counts = _sum_over_ranks(self.score(model), self.dist)
         metrics = pretext_metrics(counts)
         scalars = {k: metrics[k] for k in SCALARS}
