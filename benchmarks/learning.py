@@ -35,7 +35,7 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from learning_report import format_table, summarize, write_pictures  # noqa: E402
+from learning_report import format_table, summarize, write_pictures  # noqa: E402,F401
 from run import choose_threads, environment  # noqa: E402
 
 ROOT = _HERE.parent

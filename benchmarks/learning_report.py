@@ -22,11 +22,20 @@ BUDGET_S = 90 * 60
 
 
 def _stats(values: list[float]) -> dict:
-    v = [x for x in values if x is not None and math.isfinite(x)]
+    values = [math.nan if x is None else x for x in values]
+    v = [x for x in values if math.isfinite(x)]
     if not v:
         return {"mean": math.nan, "sd": math.nan, "n": 0, "values": values}
     sd = float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
     return {"mean": float(np.mean(v)), "sd": sd, "n": len(v), "values": values}
+
+
+def _nanmean(a: np.ndarray) -> float:
+    return float(np.nanmean(a)) if np.isfinite(a).any() else math.nan
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([math.nan if v is None else v for v in values], dtype=float)
 
 
 def paired(rows: dict, a: str, b: str) -> dict | None:
@@ -38,23 +47,24 @@ def paired(rows: dict, a: str, b: str) -> dict | None:
         rb = rows[b]["seeds"].get(seed)
         if rb is None:
             continue
-        d = np.array(ra["probe"]["splits_srcc"], dtype=float) - np.array(rb["probe"]["splits_srcc"], dtype=float)
-        per_seed[seed] = float(np.median(d))
-        diffs.extend(d.tolist())
+        d = _floats(ra["probe"]["splits_srcc"]) - _floats(rb["probe"]["splits_srcc"])
+        per_seed[seed] = float(np.nanmedian(d)) if np.isfinite(d).any() else math.nan
+        diffs.extend(d[np.isfinite(d)].tolist())
     if not per_seed:
         return None
-    return {"median_diff_mean_over_seeds": float(np.mean(list(per_seed.values()))), "per_seed": per_seed,
+    vals = [v for v in per_seed.values() if math.isfinite(v)]
+    return {"median_diff_mean_over_seeds": float(np.mean(vals)) if vals else math.nan, "per_seed": per_seed,
             "splits_positive": int(sum(x > 0 for x in diffs)), "splits": len(diffs)}
 
 
 def _mean_curve(seeds: dict, key: str) -> tuple[list[int], list[float]]:
-    curves = [[(h["step"], h.get(key, math.nan)) for h in (r["val"] or {}).get("history", [])] for r in seeds.values()]
+    curves = [[(h["step"], h.get(key)) for h in (r["val"] or {}).get("history", [])] for r in seeds.values()]
     curves = [c for c in curves if c]
     if not curves:
         return [], []
     steps = sorted({s for c in curves for s, _ in c})
     by_step = [[dict(c).get(s, math.nan) for c in curves] for s in steps]
-    return steps, [float(np.nanmean(v)) if any(math.isfinite(x) for x in v) else math.nan for v in by_step]
+    return steps, [_nanmean(_floats(v)) for v in by_step]
 
 
 def summarize(record: dict) -> dict:
@@ -73,10 +83,12 @@ def summarize(record: dict) -> dict:
             s["best_val_acc"] = _stats([v.get("best_val_acc") for v in trained])
             s["seconds_per_step"] = _stats([v.get("timing", {}).get("seconds_per_step") for v in trained])
             types = list(trained[0]["per_type"])
-            s["per_type_type_acc"] = {t: float(np.nanmean([v["per_type"][t]["type_acc"] for v in trained])) for t in types}
-            s["per_type_level_acc"] = {t: float(np.nanmean([v["per_type"][t]["level_acc"] for v in trained])) for t in types}
-            s["per_type_level"] = {k: np.nanmean([np.array(v["per_type_level"][k], dtype=float) for v in trained],
-                                                  axis=0).tolist() for k in ("type_acc", "level_acc")}
+            s["per_type_type_acc"] = {t: _nanmean(_floats([v["per_type"][t]["type_acc"] for v in trained]))
+                                      for t in types}
+            s["per_type_level_acc"] = {t: _nanmean(_floats([v["per_type"][t]["level_acc"] for v in trained]))
+                                       for t in types}
+            s["per_type_level"] = {k: [[_nanmean(_floats([v["per_type_level"][k][i][j] for v in trained]))
+                                        for j in range(5)] for i in range(25)] for k in ("type_acc", "level_acc")}
             s["curves"] = {k: _mean_curve(seeds, k) for k in ("val_type_acc", "val_level_acc", "val_called_pristine")}
         s["probe_vs_random"] = paired(rows, name, "random") if name != "random" else None
         s["probe_vs_dsmix"] = paired(rows, name, "dsmix") if name not in ("dsmix", "random") else None
@@ -88,10 +100,11 @@ def acceptance(summary: dict, seconds: float | None) -> dict:
     """The issue's acceptance figures for the headline row (NaN where a row is missing)."""
     d, p = summary.get("dsmix", {}), summary.get("plain", {})
     g = lambda s, k: s.get(k, {}).get("mean", math.nan) if s else math.nan  # noqa: E731
+    div = lambda a, b: a / b if b else math.nan  # noqa: E731
     vs = (d.get("probe_vs_random") or {}).get("median_diff_mean_over_seeds", math.nan)
     fig = {"dsmix_type_acc": g(d, "val_type_acc"), "dsmix_level_acc": g(d, "val_level_acc"),
-           "type_ratio_to_plain": g(d, "val_type_acc") / g(p, "val_type_acc") if p else math.nan,
-           "level_ratio_to_plain": g(d, "val_level_acc") / g(p, "val_level_acc") if p else math.nan,
+           "type_ratio_to_plain": div(g(d, "val_type_acc"), g(p, "val_type_acc")),
+           "level_ratio_to_plain": div(g(d, "val_level_acc"), g(p, "val_level_acc")),
            "probe_srcc_gain_over_random": vs,
            "probe_median_srcc_gap": g(d, "probe_median_srcc") - g(summary.get("random", {}), "probe_median_srcc")}
     need = {"dsmix_type_acc": 0.3, "dsmix_level_acc": 0.3, "type_ratio_to_plain": 0.9, "level_ratio_to_plain": 0.9,
@@ -108,7 +121,7 @@ def _fmt(st: dict | None) -> str:
     if not st or not math.isfinite(st.get("mean", math.nan)):
         return "-"
     sd = st.get("sd", math.nan)
-    return f"{st['mean']:.3f}" + (f" ± {sd:.3f}" if math.isfinite(sd) else "")
+    return f"{st['mean']:.3f}" + (f" ± {sd:.3f}" if sd is not None and math.isfinite(sd) else "")
 
 
 def table_rows(record: dict) -> list[list[str]]:
@@ -134,6 +147,8 @@ def format_table(record: dict) -> str:
     acc = record.get("acceptance", {})
     for k, v in acc.get("figures", {}).items():
         lines.append(f"{k}: {v:.3f} (needs >= {acc['thresholds'][k]}; holds: {acc['holds'][k]})")
+    lines.append("(no P): the pristine class left out of the argmax; vs random / vs DSMix: the paired median "
+                 "SRCC difference over the same probe splits, mean over seeds (splits better / splits)")
     if "study_seconds" in acc:
         lines.append(f"study: {acc['study_seconds'] / 60:.1f} min (within 90: {acc['within_90_minutes']})")
     return "\n".join(lines)

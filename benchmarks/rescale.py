@@ -7,7 +7,8 @@ distorted on the fly can be rescaled:
 
 * `crop`: by its own range, before and after (`qep --rescale crop`, the earlier behaviour);
 * `image`: before by the whole reference's range (type 22 thresholding the whole image's
-  histogram), after by [0, 1] (`qep --rescale image`, the default);
+  histogram), after by `crop_out_range` ([fn(0), fn(1)] for the pointwise tone types, [0, 1]
+  for the others): `qep --rescale image`, the default;
 * `image, crop range after`: the same first rescale, the second by the crop's own distorted range;
 * `image, exact after`: the second rescale by the whole distorted image's range, which only
   distorting the whole image gives (a check: it must be ~0 away from the border).
@@ -40,7 +41,7 @@ CHOICES = ("crop", "image", "image, crop range after", "image, exact after")
 
 def compare(paths: list[Path], size: int, margin: int, crops: int, seed: int = 0) -> dict:
     """Mean and 99th-percentile |difference| per (type, choice), and the identity level's GT DSM."""
-    from dsmix_cli.distortions import RANDOM_TYPES, TYPES, distort, mapmm, whole_image_context
+    from dsmix_cli.distortions import RANDOM_TYPES, TYPES, crop_out_range, distort, mapmm, whole_image_context
     from dsmix_cli.dsm.gt import gt_dsm
     from dsmix_cli.imageio import load_rgb_tensor, to_float
 
@@ -69,7 +70,7 @@ def compare(paths: list[Path], size: int, margin: int, crops: int, seed: int = 0
                     z = spec.fn(mapmm(c, value_range), [spec.levels[lv - 1]], None, **extra)
                     own = torch.stack([z.min(), z.max()]).view(1, 2)
                     got = {"crop": distort(c, t, lv),
-                           "image": mapmm(z, torch.tensor([[0.0, 1.0]])).clamp(0, 1),
+                           "image": mapmm(z, crop_out_range([t], [lv])).clamp(0, 1),
                            "image, crop range after": mapmm(z, own).clamp(0, 1),
                            "image, exact after": mapmm(z, exact).clamp(0, 1)}
                     for k, v in got.items():

@@ -7,10 +7,12 @@ Two claims, two tolerances:
    image after the distortion and before the dispatcher's second min-max rescale, the crop path
    (whole-image range and histogram from the dataset, the crop, the flip after the distortion)
    reproduces the whole image's pixels away from the crop border, to float rounding (1e-5).
-2. The option's choice for the unknown range, [0, 1], is off by at most (a + 1 - b) / (b - a) at
-   any pixel: the second rescale maps [a, b] onto [0, 1], the crop takes [a, b] as [0, 1]. That
-   bound is 0 for the types whose whole result spans [0, 1] (10, 22, 24 here: exact) and small for
-   blur and the tone curves; the per-crop rescale (`--rescale crop`) is far outside it.
+2. In place of [a, b] the step uses [a0, b0] = `crop_out_range`: [fn(0), fn(1)] for the pointwise
+   tone types (18 here), [0, 1] for the others. The second rescale maps [a, b] onto [0, 1], the
+   crop maps [a0, b0] there instead; both are linear in the value, so at any pixel the gap is at
+   most max(|a - a0|, |b0 - b|) / (b0 - a0), reached at the ends. That bound is 0 for the types
+   whose whole result spans [a0, b0] (10, 18, 22, 24 here: exact) and a few hundredths for blur
+   and brightening; the per-crop rescale (`--rescale crop`) is far outside it.
 
 "Away from the border" is the filter's reach (kernel radius), where a crop's replicate padding
 differs from the whole image's neighbours: 10 px for Gaussian blur (sigma 5, 21 taps), 8 px for
@@ -24,7 +26,7 @@ import pytest
 import torch
 
 from dsmix_cli.data.references import ReferenceCropDataset, collate_on_the_fly
-from dsmix_cli.distortions import TYPES, distort, distort_batch, mapmm, whole_image_context
+from dsmix_cli.distortions import TYPES, crop_out_range, distort, distort_batch, mapmm, whole_image_context
 from dsmix_cli.imageio import save_image_atomic, to_float
 from dsmix_cli.stages.qep import distort_on_the_fly
 
@@ -97,12 +99,13 @@ def test_on_the_fly_crops_equal_the_whole_image_distorted_then_cropped(tmp_path,
         tol = 1e-5
         assert (exact - expected)[inner].abs().max() <= tol, (t, level)
 
-        # 2. the step's own path: [0, 1] for the unknown range, within the bound it implies
+        # 2. the step's own path: crop_out_range for the unknown range, within the bound it implies
         got = distort_on_the_fly(batch, ref, torch.Generator().manual_seed(0))
-        bound = (max(a, 0.0) + max(1.0 - b, 0.0)) / (b - a)
+        a0, b0 = crop_out_range([t], [level])[0].tolist()
+        bound = max(abs(a - a0), abs(b0 - b)) / (b0 - a0)
         assert (got - expected)[inner].abs().max() <= bound + tol, (t, level, bound)
-        if t in (10, 22, 24):
-            assert bound == pytest.approx(0.0, abs=1e-6)  # these span [0, 1] whole: exact
+        if t in (10, 18, 22, 24):
+            assert bound == pytest.approx(0.0, abs=1e-6)  # the whole result spans [a0, b0]: exact
 
     # the per-crop rescale is far from the whole image (the contrast cue it used to give)
     ds = ReferenceCropDataset([path], CROP, seed=3, types=[t], levels=[3], rescale="crop")

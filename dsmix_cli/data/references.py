@@ -7,8 +7,9 @@ its whole image to be distorted as the MATLAB dispatcher distorts whole images (
 
 * `image` (default): the whole reference's value range for the first min-max rescale, and the
   whole image's value histogram for the types that threshold it (22). The second rescale uses
-  [0, 1]: the range of the whole *distorted* image is unknown to a crop, and [0, 1] is what it
-  is for most types (docs/qep.md, "The on-the-fly rescale", has the measured gap per type).
+  `distortions.crop_out_range`: the range of the whole *distorted* image is unknown to a crop;
+  it is [fn(0), fn(1)] for the pointwise tone types and [0, 1] (or close to it) for the others
+  (docs/qep.md, "The on-the-fly rescale", has the measured gap per type).
 * `crop`: each crop is rescaled by its own range, before and after (the behaviour before the
   option existed; it stretches every distorted crop to the full [0, 1], a contrast cue).
 """
@@ -158,7 +159,9 @@ class ReferenceCropDataset(Dataset):
                 hist = whole_image_context(img[None])[1][0]
             item["in_range"] = value_range.float()
             item["histogram"] = hist.float() if hist is not None else torch.zeros(256)
-            kwargs = {"in_range": item["in_range"][None], "out_range": torch.tensor([[0.0, 1.0]]),
+            from dsmix_cli.distortions import crop_out_range
+
+            kwargs = {"in_range": item["in_range"][None], "out_range": crop_out_range([t], [lv]),
                       "histogram": item["histogram"][None]}
         if item["premade"]:  # the other types are distorted on the device, in the step
             from dsmix_cli.distortions import distort

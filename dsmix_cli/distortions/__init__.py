@@ -25,7 +25,7 @@ from dsmix_cli.distortions.denoise import denoiser_name, set_denoiser
 __all__ = [
     "NUM_TYPES", "NUM_LEVELS", "TYPES", "TYPE_NAMES", "CPU_ONLY_TYPES", "RANDOM_TYPES",
     "MONOTONE_TYPES", "HISTOGRAM_TYPES", "DistortionType", "distort", "distort_batch", "level_value", "mapmm",
-    "whole_image_context", "set_denoiser", "denoiser_name",
+    "whole_image_context", "crop_out_range", "set_denoiser", "denoiser_name",
 ]
 
 NUM_TYPES = 25
@@ -48,6 +48,8 @@ class DistortionType:
         monotone: level 5 departs further from the reference than level 1.
         histogram: computed from the image's value histogram (MATLAB thresholds the whole
             image), so a crop can be given its whole image's (`fn(..., histogram=...)`).
+        pointwise: each output value is a monotone function of the same input value alone, so
+            an image spanning [0, 1] comes out spanning [fn(0), fn(1)] (`crop_out_range`).
     """
 
     number: int
@@ -60,6 +62,7 @@ class DistortionType:
     random: bool = False
     monotone: bool = True
     histogram: bool = False
+    pointwise: bool = False
 
 
 _T = DistortionType
@@ -87,8 +90,9 @@ TYPES: dict[int, DistortionType] = {t.number: t for t in (
     _T(15, "denoise", "imdenoise", "variance", (0.01, 0.03, 0.05, 0.1, 0.15), noise.denoise_distortion,
        random=True),
     _T(16, "brighten", "imbrighten", "amount", (0.1, 0.2, 0.4, 0.7, 1.1), tone.brighten),
-    _T(17, "darken", "imdarken", "amount", (0.05, 0.1, 0.2, 0.4, 0.8), tone.darken),
-    _T(18, "mean_shift", "immeanshift", "shift", (0.15, 0.08, 0, -0.08, -0.15), tone.mean_shift, monotone=False),
+    _T(17, "darken", "imdarken", "amount", (0.05, 0.1, 0.2, 0.4, 0.8), tone.darken, pointwise=True),
+    _T(18, "mean_shift", "immeanshift", "shift", (0.15, 0.08, 0, -0.08, -0.15), tone.mean_shift, monotone=False,
+       pointwise=True),
     _T(19, "jitter", "imjitter", "amount", (0.05, 0.1, 0.2, 0.5, 1), spatial.jitter, random=True),
     _T(20, "non_eccentricity_patch", "imnoneccentricity", "patches", (20, 40, 60, 80, 100),
        spatial.non_eccentricity_patch, random=True),
@@ -98,7 +102,7 @@ TYPES: dict[int, DistortionType] = {t.number: t for t in (
     _T(23, "color_block", "imcolorblock", "blocks", (2, 4, 6, 8, 10), spatial.color_block, random=True),
     _T(24, "high_sharpen", "imsharpenHi", "amount", (1, 2, 3, 6, 12), blur.high_sharpen),
     _T(25, "contrast_change", "imcontrastc", "amount", (0.3, 0.15, 0, -0.4, -0.6), tone.contrast_change,
-       monotone=False),
+       monotone=False, pointwise=True),
 )}
 
 TYPE_NAMES: dict[int, str] = {n: t.name for n, t in TYPES.items()}
@@ -150,6 +154,25 @@ def whole_image_context(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     values = (torch.arange(256, dtype=torch.float32, device=x.device) / 255.0).view(1, 1, 1, 256).expand(b, 1, 1, 256)
     bins = (mapmm(values, value_range).reshape(b, 256) * 255).round().clamp(0, 255).long()
     return value_range, torch.zeros(b, 256, device=x.device).scatter_add_(1, bins, counts)
+
+
+def crop_out_range(types: Sequence[int], levels: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """The second rescale's (min, max) for crops distorted as their whole images, (B, 2).
+
+    MATLAB's second `mapmm` uses the range of the whole distorted image, which a crop cannot see.
+    After the first rescale the whole image spans [0, 1]; for a `pointwise` type it then comes
+    out spanning [fn(0), fn(1)] exactly; for every other type [0, 1] is used, which is what the
+    types that clip to [0, 1] and keep the extremes give, and close to it for the others
+    (docs/qep.md, "The on-the-fly rescale").
+    """
+    out = torch.tensor([[0.0, 1.0]], device=device).repeat(len(types), 1)
+    for i, (t, lv) in enumerate(zip(types, levels)):
+        spec = _check(int(t), int(lv))
+        if spec.pointwise:
+            ends = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2).contiguous()
+            y = spec.fn(ends, [float(spec.levels[int(lv) - 1])], None)
+            out[i] = torch.stack([y.min(), y.max()]).to(device)
+    return out
 
 
 def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator: Generators,

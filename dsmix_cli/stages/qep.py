@@ -328,8 +328,10 @@ def distort_on_the_fly(batch: dict, ref: torch.Tensor, gen: torch.Generator, dis
         whole = {}
         if "in_range" in batch:
             rows = todo.cpu()
+            from dsmix_cli.distortions import crop_out_range
+
             whole = {"in_range": batch["in_range"][rows].to(device), "histogram": batch["histogram"][rows].to(device),
-                     "out_range": torch.tensor([[0.0, 1.0]], device=device).expand(len(todo), 2)}
+                     "out_range": crop_out_range(batch["type"][rows].tolist(), batch["level"][rows].tolist(), device)}
         flipped = batch["offset"][:, 2].bool().to(device)[todo] if "offset" in batch else None
         src = ref[todo]
         if flipped is not None and flipped.any():
