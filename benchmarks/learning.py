@@ -70,7 +70,7 @@ ROWS: dict[str, Row] = {
                          "epoch_size": None, "pristine_share": 0.5, "rescale": "crop"}),
     "sgd-constant": Row("DSMix, SGD 0.01 constant, no warm-up", {"optimizer": "sgd", "lr": 0.01,
                                                                   "lr_schedule": "step", "warmup_steps": 0}),
-    "resize-144": Row("DSMix, references resized to 144 px", {"ref_resize": 144}),
+    "native": Row("DSMix, references at their own 500 px (no --ref-resize)", {"ref_resize": None}),
 }
 DEFAULT_ROWS = ("random", "dsmix", "area", "nomix", "plain", "share-half", "rescale-crop")
 
@@ -95,7 +95,8 @@ HEADLINE = dict(
     arch="resnet18", pretrained=False, image_size=64, batch_size=32, dsm_source="gt", kd_alpha=0.0, kd_beta=0.0,
     mix=3, label_mode="normalized", rescale="image", pristine_share=1 / 6,
     optimizer="adamw", lr=2e-3, weight_decay=0.05, lr_schedule="cosine", warmup_steps=100,
-    val_every=250, cache_refs=True, workers=0, device="cpu", amp="bf16", log_every=10, checkpoint_every=500,
+    ref_resize=144, val_every=250, cache_refs=True, workers=0, device="cpu", amp="bf16", log_every=10,
+    checkpoint_every=500,
 )
 
 
