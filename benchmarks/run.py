@@ -5,7 +5,11 @@
 Figures (each measured in this run, on this machine):
 
 * `distortions_cpu` (and `distortions_cuda` on a GPU): images/s per distortion type at 384x512,
-  batched (`bench_distortions.bench_distortions`), keyed by type number.
+  level 3, batched (`bench_distortions.bench_distortions`), keyed by type number.
+* `synthesize_images_per_cpu_s`: `dsmix synthesize` end to end in KADIS mode (every type, five
+  levels per reference, BMP), images per CPU second of the process (`bench_distortions.bench_synthesize`,
+  one torch thread and one worker). The full per-type record, with a public port side by side,
+  is `python benchmarks/bench_distortions.py` (docs/performance.md).
 * `dsmix_overhead_fraction`: DSMix (box sampling, pasting, `mix_weights`, soft targets) as a
   fraction of a whole QEP training step (`bench_dsmix.bench_dsmix_overhead`).
 * `probe_cache_speedup`: `dsmix probe` with cached features vs `--fresh-crops` (re-encoding a new
@@ -48,11 +52,12 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from bench_distortions import bench_distortions  # noqa: E402
+from bench_distortions import bench_distortions, bench_synthesize  # noqa: E402
 from bench_dsmix import bench_dsmix_overhead  # noqa: E402
 
 PARTS = ("distortions", "dsmix", "pretrain_dsm", "qep", "probe", "score")
-FIGURES = ("distortions_cpu", "dsmix_overhead_fraction", "probe_cache_speedup", "qep_gt_images_per_s",
+FIGURES = ("distortions_cpu", "synthesize_images_per_cpu_s", "dsmix_overhead_fraction", "probe_cache_speedup",
+           "qep_gt_images_per_s",
            "qep_model_images_per_s", "pretrain_dsm_images_per_s", "score_images_per_s")
 THRESHOLDS = {"dsmix_overhead_fraction": ("<=", 0.05), "probe_cache_speedup": (">=", 10.0)}
 
@@ -65,6 +70,7 @@ class Settings:
     dist_batch: int = 8
     dist_repeats: int = 3
     dist_quick: bool = False                  # bench_distortions' smoke mode (batch 2, one call)
+    synth_per_type: int = 2                   # synthesize: references per type (5 images each)
     dsmix_batch: int = 110
     dsmix_size: int = 224
     dsmix_arch: str = "resnet50"
@@ -113,8 +119,8 @@ def settings_for(device: torch.device, quick: bool) -> Settings:
                  dsm_steps=6, probe_images=16, probe_arch="resnet18", probe_size=64, score_images=64, score_batch=16,
                  workers=0, channels_last=False)
     if quick:
-        s = replace(s, dist_quick=True, dsmix_quick=True, refs=12, qep_batch=8, qep_steps=4, dsm_depth=2,
-                    dsm_batch=4, dsm_steps=4, probe_images=8, score_images=32)
+        s = replace(s, dist_quick=True, synth_per_type=1, dsmix_quick=True, refs=12, qep_batch=8, qep_steps=4,
+                    dsm_depth=2, dsm_batch=4, dsm_steps=4, probe_images=8, score_images=32)
     return s
 
 
@@ -224,7 +230,8 @@ def part_probe(work: Path, s: Settings, device: torch.device, encoder: str) -> d
 
     base = ProbeConfig(encoder=encoder, dataset="csv", csv=str(work / "labels.csv"), out="", splits=s.probe_splits,
                        epochs=s.probe_epochs, image_size=s.probe_size, train_views=s.probe_train_views,
-                       device=str(device), workers=s.probe_workers, final_head=False, record=False)
+                       device=str(device), workers=s.probe_workers, final_head=False, record=False,
+                       feature_cache=False)  # in memory only: the fresh run must not read the cached run's crops
     times = {}
     for name, fresh in (("cached", False), ("fresh", True)):
         t0 = time.perf_counter()
@@ -333,6 +340,11 @@ def run_suite(device: str = "auto", quick: bool = False, settings: Settings | No
                                           quick=s.dist_quick)
                 return {int(t): float(r) for t, r in rates.items()}
             result["distortions_cpu"] = attempt("distortions_cpu", lambda: dist(torch.device("cpu")))
+            r = attempt("synthesize", lambda: bench_synthesize(per_type=s.synth_per_type, size=tuple(s.dist_size),
+                                                               work=work / "synthesize"))
+            if r:
+                result["synthesize_images_per_cpu_s"] = r["images_per_cpu_s"]
+                result["details"]["synthesize"] = r
             if dev.type == "cuda":
                 result["distortions_cuda"] = attempt("distortions_cuda", lambda: dist(dev))
         if "dsmix" in parts:
@@ -413,7 +425,8 @@ def format_table(result: dict) -> str:
             lines.append(f"{key} (images/s at {w}x{h}):")
             for t, r in sorted(rates.items(), key=lambda kv: int(kv[0])):
                 row(f"{int(t):>2} {TYPE_NAMES[int(t)]}", r, "img/s")
-    for name, unit in (("dsmix_overhead_fraction", "of a QEP step"), ("probe_cache_speedup", "x"),
+    for name, unit in (("synthesize_images_per_cpu_s", "img per CPU s (KADIS mode, BMP)"),
+                       ("dsmix_overhead_fraction", "of a QEP step"), ("probe_cache_speedup", "x"),
                        ("qep_gt_images_per_s", "img/s (B dist + B ref)"),
                        ("qep_model_images_per_s", "img/s (B dist + B ref)"),
                        ("pretrain_dsm_images_per_s", "img/s"), ("score_images_per_s", "img/s (5 crops each)")):

@@ -9,7 +9,7 @@ resampling hides noise or blocking).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ def _font(size: int) -> ImageFont.ImageFont:
 def render_contact_sheet(reference: str | Path, out: str | Path, *, types: Sequence[int] | None = None,
                          levels: Sequence[int] | None = None, seed: int = 0, device: str | torch.device = "cpu",
                          thumb: tuple[int, int] = (96, 128), zoom: int = 2, label_width: int = 210,
-                         caption: str | None = None) -> Path:
+                         caption: str | None = None,
+                         on_progress: Callable[[int, int], None] | None = None) -> Path:
     """Render the sheet and write it atomically (format from the extension).
 
     Args:
@@ -57,6 +58,7 @@ def render_contact_sheet(reference: str | Path, out: str | Path, *, types: Seque
         zoom: crop `zoom` x thumb from the 384x512 image and reduce it by `zoom`.
         label_width: width of the row-label column in pixels.
         caption: optional text under the header.
+        on_progress: called with (rows done, rows) after each type's row is rendered.
 
     Returns:
         The path written.
@@ -94,6 +96,8 @@ def render_contact_sheet(reference: str | Path, out: str | Path, *, types: Seque
         sheet.paste(tile(ref), (label_width, y0))
         for c in range(len(levels)):
             sheet.paste(tile(y[c]), (label_width + (c + 1) * (tw + gap), y0))
+        if on_progress is not None:
+            on_progress(r + 1, len(types))
     out = Path(out)
     save_image_atomic(sheet, out, **({"optimize": True} if out.suffix.lower() == ".png" else {"quality": 90}))
     return out

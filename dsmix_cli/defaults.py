@@ -4,6 +4,10 @@
 `probe` (or `demo`) the model `score`/`evaluate` use. The records live in `$DSMIX_HOME`
 (default `~/.dsmix`) as `defaults.json`; the environment variables `DSMIX_DSM_MODEL`,
 `DSMIX_ENCODER` and `DSMIX_MODEL` override them.
+
+Only a *finished* training run is recorded: `pretrain-dsm` and `qep` call `record_default` when
+their schedule ran to its end, never for a run stopped by `--max-steps` (a smoke test must not
+become the DSM network or encoder that later stages use silently).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ Layout of the output folder D:
     D/dist_imgs.csv   header `dist_img,ref_img,type,level`; `dist_img` relative to D;
                       `ref_img` relative to D when the reference lies inside D (e.g. the KADIS
                       layout D/ref_imgs/), else absolute.
+    D/synthesize.json the run's references folder (and CSV, format, seed): readers of D accept
+                      references in that folder as well as in D.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ from typing import Callable
 
 import torch
 
-from dsmix_cli.distortions import CPU_ONLY_TYPES, NUM_LEVELS, NUM_TYPES, denoiser_name, distort, distort_batch, set_denoiser
+from dsmix_cli.distortions import CPU_ONLY_TYPES, NUM_LEVELS, NUM_TYPES, denoiser_name, distort_batch, set_denoiser
+from dsmix_cli.distortions._memory import keep_freed_memory
 from dsmix_cli.engine.runtime import generator, resolve_device
+from dsmix_cli.data.entries import Confinement, Unique, name_key
+from dsmix_cli.data.pairs import SYNTH_RECORD
 from dsmix_cli.errors import DatasetError, DsmixError, ImageReadError
-from dsmix_cli.fileio import atomic_open
+from dsmix_cli.fileio import atomic_open, write_json
 from dsmix_cli.imageio import is_image_file, load_rgb_tensor, save_image_atomic, to_uint8
 
 MANIFEST = "dist_imgs.csv"
@@ -61,6 +66,8 @@ class SynthesizeConfig:
         batch_size: images per device batch.
         mapmm: the dispatcher's min-max rescale before and after each distortion.
         dncnn: a DnCNN state dict for type 15 (None: the built-in substitute).
+        allow_outside_root: with `csv`, accept names that resolve outside `refs` (absolute
+            paths, `..`, symbolic links leading elsewhere); refused by default.
     """
 
     refs: Path
@@ -77,6 +84,7 @@ class SynthesizeConfig:
     batch_size: int = 16
     mapmm: bool = True
     dncnn: Path | None = None
+    allow_outside_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,19 +123,13 @@ def dist_name(stem: str, dist_type: int, level: int, fmt: str) -> str:
     return f"{stem}_{dist_type:02d}_{level:02d}.{fmt}"
 
 
-def read_kadis_csv(path: Path, official_type_8: bool = False) -> list[tuple[str, int]]:
-    """Read `kadis700k_ref_imgs.csv` (`ref_im,dist_type_1,dist_type_2`) into (name, type) pairs.
-
-    A row with a second type (all are "7,8" in the official file) gives that second type unless
-    `official_type_8`, which keeps the first as the official driver does.
-
-    Raises:
-        DatasetError: missing file, wrong header, or a malformed row (named by line number).
-    """
+def _kadis_rows(path: Path, official_type_8: bool = False) -> list[tuple[str, int, int]]:
+    """`read_kadis_csv`'s rows with their line numbers: (name, type, line)."""
     path = Path(path)
+    once = Unique(path, "reference")
     if not path.is_file():
         raise DatasetError("CSV file not found", path)
-    rows: list[tuple[str, int]] = []
+    rows: list[tuple[str, int, int]] = []
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -145,10 +147,24 @@ def read_kadis_csv(path: Path, official_type_8: bool = False) -> list[tuple[str,
                 raise DatasetError(f"line {lineno}: distortion types must be integers, got {row!r}", path) from None
             if not name or not 1 <= first <= NUM_TYPES or (second is not None and not 1 <= second <= NUM_TYPES):
                 raise DatasetError(f"line {lineno}: expected '<image>,<type 1-25>[,<type 1-25>]', got {row!r}", path)
-            rows.append((name, first if second is None or official_type_8 else second))
+            once.add(name_key(name), lineno, repr(name))
+            rows.append((name, first if second is None or official_type_8 else second, lineno))
     if not rows:
         raise DatasetError("no rows after the header", path)
     return rows
+
+
+def read_kadis_csv(path: Path, official_type_8: bool = False) -> list[tuple[str, int]]:
+    """Read `kadis700k_ref_imgs.csv` (`ref_im,dist_type_1,dist_type_2`) into (name, type) pairs.
+
+    A row with a second type (all are "7,8" in the official file) gives that second type unless
+    `official_type_8`, which keeps the first as the official driver does.
+
+    Raises:
+        DatasetError: missing file, wrong header, a malformed row or a reference listed twice
+            (named by line number).
+    """
+    return [(name, t) for name, t, _line in _kadis_rows(path, official_type_8)]
 
 
 def _list_refs(refs: Path) -> list[Path]:
@@ -178,12 +194,15 @@ def plan_jobs(config: SynthesizeConfig) -> tuple[list[Job], list[str]]:
     if config.csv is not None:
         if not refs_dir.is_dir():
             raise DatasetError("reference folder not found", refs_dir)
-        wanted = read_kadis_csv(Path(config.csv), config.official_type_8)
+        wanted = _kadis_rows(Path(config.csv), config.official_type_8)
+        confine = Confinement(refs_dir, allow=config.allow_outside_root, option="--refs")
+        for name, _t, line in wanted:
+            confine.check(refs_dir / name, Path(config.csv), line, name)
         if config.types is not None:
             keep = set(config.types)
-            wanted = [(n, t) for n, t in wanted if t in keep]
+            wanted = [row for row in wanted if row[1] in keep]
         pairs = []
-        for name, t in wanted:
+        for name, t, _line in wanted:
             p = refs_dir / name
             if p.is_file():
                 pairs.append((p, [t]))
@@ -245,7 +264,7 @@ class _Runner:
         self.device = device
         self.pool = pool
         self.on_progress = on_progress
-        self.futures: set[Future] = set()
+        self.futures: dict[Future, int] = {}  # a pool task -> the images it writes
         self.groups: dict[tuple, list[tuple[torch.Tensor, Job]]] = OrderedDict()
         self.written = 0
         self.limit = 4 * max(1, config.workers) + 2 * config.batch_size
@@ -253,29 +272,42 @@ class _Runner:
     def _save(self, img8: torch.Tensor, job: Job) -> None:
         save_image_atomic(img8, job.path)
 
-    def _cpu_job(self, ref8: torch.Tensor, job: Job) -> None:
-        x = ref8.unsqueeze(0).float().div_(255.0)
-        g = generator(self.config.seed, job.stem, job.dist_type, job.level)
-        y = distort(x, job.dist_type, job.level, g, mapmm=self.config.mapmm)
-        self._save(to_uint8(y[0]), job)
+    def _cpu_jobs(self, ref8: torch.Tensor, jobs: list[Job]) -> None:
+        """The levels of one CPU-only type of one reference, in one call (JPEG2000 encodes the
+        image once for all its levels; each level's image does not depend on the others)."""
+        x = ref8.unsqueeze(0).float().div_(255.0).expand(len(jobs), -1, -1, -1)
+        gens = [generator(self.config.seed, j.stem, j.dist_type, j.level) for j in jobs]
+        y = distort_batch(x, torch.tensor([j.dist_type for j in jobs]), torch.tensor([j.level for j in jobs]), gens,
+                          mapmm=self.config.mapmm)
+        for img, job in zip(to_uint8(y), jobs):
+            self._save(img, job)
 
-    def submit(self, fn, *args) -> None:
-        self.futures.add(self.pool.submit(fn, *args))
+    def submit(self, fn, *args, images: int = 1) -> None:
+        self.futures[self.pool.submit(fn, *args)] = images
         self.drain(self.limit)
 
     def drain(self, limit: int) -> None:
         while len(self.futures) > limit:
-            done, self.futures = wait(self.futures, return_when=FIRST_COMPLETED)
+            done, _ = wait(self.futures, return_when=FIRST_COMPLETED)
             for f in done:
                 f.result()  # an error writing an output stops the run (disk full, permissions)
-                self.written += 1
+                n = self.futures.pop(f)
+                self.written += n
                 if self.on_progress is not None:
-                    self.on_progress(1)
+                    self.on_progress(n)
+
+    def add_reference(self, ref8: torch.Tensor, jobs: list[Job]) -> None:
+        """All the jobs of one reference: CPU-only types on the pool, one task per type."""
+        by_type: dict[int, list[Job]] = OrderedDict()
+        for job in jobs:
+            if job.dist_type in CPU_ONLY_TYPES:
+                by_type.setdefault(job.dist_type, []).append(job)
+            else:
+                self.add(ref8, job)
+        for group in by_type.values():
+            self.submit(self._cpu_jobs, ref8, group, images=len(group))
 
     def add(self, ref8: torch.Tensor, job: Job) -> None:
-        if job.dist_type in CPU_ONLY_TYPES:
-            self.submit(self._cpu_job, ref8, job)
-            return
         key = (job.dist_type, tuple(ref8.shape))
         self.groups.setdefault(key, []).append((ref8, job))
         if len(self.groups[key]) >= self.config.batch_size:
@@ -353,6 +385,7 @@ def synthesize(config: SynthesizeConfig, on_progress: Callable[[int], None] | No
     """
     start = time.monotonic()
     plan = plan or plan_run(config)
+    keep_freed_memory()  # large image buffers reused instead of page-faulted in again
     device = resolve_device(config.device)
     set_denoiser(config.dncnn)
     out = Path(config.out).resolve()
@@ -377,10 +410,11 @@ def synthesize(config: SynthesizeConfig, on_progress: Callable[[int], None] | No
                 if on_progress is not None:
                     on_progress(len(todo[ref]))
                 continue
-            for job in todo[ref]:
-                runner.add(ref8, job)
+            runner.add_reference(ref8, todo[ref])
         runner.finish()
     manifest = write_manifest(out, plan.jobs)
+    write_json(out / SYNTH_RECORD, {"refs": str(Path(config.refs).resolve()), "csv": str(Path(config.csv).resolve())
+                                    if config.csv is not None else None, "format": config.fmt, "seed": config.seed})
     return SynthesizeResult(
         out=out, manifest=manifest, device=str(device), denoiser=denoiser_name(),
         references=len({j.ref for j in plan.jobs}), planned=len(plan.jobs), written=runner.written,

@@ -71,9 +71,9 @@ def test_suite_writes_every_figure(runner, tmp_path, monkeypatch):
     assert record["environment"]["torch"] == torch.__version__
     assert set(record["thresholds"]) == {"dsmix_overhead_fraction", "probe_cache_speedup"}
     assert record["thresholds"]["dsmix_overhead_fraction"]["pass"] == (result["dsmix_overhead_fraction"] <= 0.05)
-    # The stages recorded their defaults inside the work folder, never in the user's DSMIX_HOME.
+    # The user's DSMIX_HOME is untouched (the timed runs stop at --max-steps, so they record no
+    # default at all; any record would go to the work folder).
     assert not home.exists()
-    assert (tmp_path / "work" / "home").is_dir()
     import os
 
     assert os.environ["DSMIX_HOME"] == str(home)

@@ -43,10 +43,11 @@ def test_probe_passes_the_resolved_config(home, tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake(cfg, on_progress=None, on_info=None):
+    def fake(cfg, on_progress=None, on_info=None, on_warn=None):
         seen["cfg"] = cfg
         return {"dataset": "clive", "encoder": cfg.encoder, "splits": [], "median": {"srcc": 0.5, "plcc": 0.5,
-                "krcc": 0.4}, "epochs": 100, "train_views": 4, "selection": "final epoch", "model": "x"}
+                "krcc": 0.4}, "epochs": 100, "train_views": 4, "selection": "final epoch", "model": "x",
+                "protocol": {"name": "dsmix", "head": "mlp"}}
 
     monkeypatch.setattr(stage, "run_probe", fake)
     (tmp_path / "qep_run").mkdir()
@@ -55,8 +56,11 @@ def test_probe_passes_the_resolved_config(home, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     cfg = seen["cfg"]
     assert cfg.encoder == str((tmp_path / "qep_run").resolve()) and "recorded default" in res.stdout
-    assert (cfg.dataset, cfg.splits, cfg.train_ratio, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size) == \
-        ("koniq", 3, 0.8, None, 7e-4, 0.01, 64)
+    assert (cfg.dataset, cfg.splits, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size) == \
+        ("koniq", 3, None, 7e-4, 0.01, 64)
+    # the DSMix protocol by default; head, views and ratios come from it unless given
+    assert (cfg.protocol, cfg.head, cfg.views, cfg.train_ratio, cfg.val_ratio) == ("dsmix", None, None, None, None)
+    assert (cfg.resize, cfg.feature_cache, cfg.final_head, cfg.splits_from) == ("auto", True, True, None)
     assert cfg.out == "R" and cfg.train_views == 4 and not cfg.fresh_crops
     monkeypatch.setenv("DSMIX_ENCODER", "timm:resnet50")
     runner.invoke(app, ["probe", "--dataset", "koniq"])
@@ -80,7 +84,7 @@ def test_probe_score_evaluate_cross_eval_end_to_end(home, tmp_path):
     assert res.exit_code == 1
     assert "broken.png" in res.stderr and "run" in res.stderr  # names the file, and the model used
     rows = list(csvmod.reader((tmp_path / "S.csv").open()))
-    assert rows[0] == ["path", "score"] and len(rows) == 1 + 12
+    assert rows[0][:2] == ["path", "score"] and len(rows) == 1 + 12
     assert [r[0] for r in rows[1:]] == sorted(r[0] for r in rows[1:])  # folder order: sorted
     (tmp_path / "data" / "ref0" / "broken.png").unlink()
 

@@ -49,14 +49,19 @@ def test_demo_runs_end_to_end_without_touching_user_defaults(tmp_path, monkeypat
         assert (tmp_path / "demo" / name).is_dir()
     assert (tmp_path / "demo" / "qep" / "encoder.safetensors").is_file()
     assert out["probe"]["encoder"].endswith("qep/encoder.safetensors")
-    # CLI.md: `dsmix score` uses the model of the last probe or demo run; the user's other records
+    # the demo's own head keeps its scores on the labels' 0..1 scale (standardised features of the
+    # toy encoder gave -5 and below)
+    assert out["probe"]["config"]["feature_norm"] is False
+    assert all(0.0 <= s["score"] <= 1.0 for s in out["scores"]), out["scores"]
+    # `dsmix score` uses the model of the last probe or demo run; the user's other records
     # are as they were (the demo's DSM model and encoder stay in its own home)
     after = json.loads((home / "defaults.json").read_text())
     assert after["model"] == str((tmp_path / "demo" / "probe").resolve()) != before["model"]
     assert after["encoder"] == before["encoder"] and "dsm_model" not in after
     assert "default model of `dsmix score`" in res.stdout
     demo_records = json.loads((tmp_path / "demo" / "home" / "defaults.json").read_text())
-    assert set(demo_records) == {"dsm_model", "encoder", "model"}
+    # the demo's DSM network stops at --max-steps (a toy): only finished runs are recorded
+    assert set(demo_records) == {"encoder", "model"}
 
     # an existing, non-empty --out is refused before any work
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])

@@ -16,6 +16,7 @@ from dsmix_cli import defaults
 from dsmix_cli.cli import app
 from dsmix_cli.dsm.network import load_dsm_model
 from dsmix_cli.engine.checkpoint import load_checkpoint
+from dsmix_cli.errors import DsmixError
 
 TINY = ["--arch", "vit_small_patch8_224", "--depth", "1", "--image-size", "32", "--batch-size", "4",
         "--no-pretrained", "--device", "cpu", "--seed", "3", "--workers", "0"]
@@ -65,7 +66,29 @@ def test_resume_gives_the_same_step_10_loss(data, tmp_path):
     assert any("val_mse" in line for line in (a / "metrics.jsonl").read_text().splitlines())
     with Image.open(a / "dsm_preview.png") as im:
         assert im.width >= 4 * 32 and im.height > 4 * 32
-    assert defaults.resolve_default("dsm_model", None).value == str(b.resolve())  # the last run to end
+    # neither run finished its schedule: neither is the DSM model behind qep's label weights
+    assert not (tmp_path / "home" / "defaults.json").exists()
+    assert f"--dsm-model {b}" in res.output.replace("\n", "")
+
+
+@pytest.mark.slow
+def test_only_a_finished_run_becomes_the_default_and_resume_alone_finishes_it(data, tmp_path):
+    run = tmp_path / "R"
+    res = _run("--data", str(data), "--out", str(run), *TINY, "--epochs", "2", "--max-steps", "5")
+    assert res.exit_code == 0, res.output
+    assert "not recorded as the default DSM model" in res.output
+    assert f"--dsm-model {run}" in res.output.replace("\n", "")
+    with pytest.raises(DsmixError, match="none recorded yet"):
+        defaults.resolve_default("dsm_model", None)
+    res = _run("--resume", "--out", str(run))  # every other option from RUN/config.json
+    assert res.exit_code == 0, res.output
+    assert "finished the schedule" in res.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["epochs"] == 2 and cfg["arch"] == "vit_small_patch8_224" and cfg["seed"] == 3 and cfg["depth"] == 1
+    assert cfg["max_steps"] is None and cfg["total_steps"] == 12  # 2 epochs x 6 steps: the saved schedule
+    results = json.loads((run / "results.json").read_text())
+    assert results["finished"] is True and results["step"] == 12 and max(_losses(run)) == 12
+    assert defaults.resolve_default("dsm_model", None).value == str(run.resolve())
 
 
 def test_refuses_to_overwrite_or_change_a_run(data, tmp_path):
@@ -73,8 +96,18 @@ def test_refuses_to_overwrite_or_change_a_run(data, tmp_path):
     assert _run("--data", str(data), "--out", str(run), *TINY, "--max-steps", "1").exit_code == 0
     res = _run("--data", str(data), "--out", str(run), *TINY, "--max-steps", "2")
     assert res.exit_code == 2 and "--resume" in res.output
-    res = _run("--data", str(data), "--out", str(run), *TINY, "--max-steps", "2", "--resume", "--lr", "1e-3")
-    assert res.exit_code == 2 and "lr was 0.005" in res.output
+    config_before = (run / "config.json").read_text()
+    res = _run("--data", str(data), "--out", str(run), *TINY, "--max-steps", "2", "--resume", "--lr", "1e-3",
+               "--epochs", "3", "--no-flip")
+    assert res.exit_code == 2, res.output
+    text = res.output.replace("\n", " ")
+    assert "lr was 0.005, now 0.001" in text and "epochs was 10, now 3" in text and "flip was True, now False" in text
+    assert (run / "config.json").read_text() == config_before  # nothing rewritten
+    # run-control options may change; the same --data reached through a link is the same folder
+    (tmp_path / "link").symlink_to(data)
+    res = _run("--data", str(tmp_path / "link"), "--out", str(run), *TINY, "--max-steps", "2", "--resume",
+               "--workers", "1", "--log-every", "2")
+    assert res.exit_code == 0, res.output
     res = _run("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "X"), *TINY)
     assert res.exit_code == 2 and "dataset folder not found" in res.output
     res = _run("--data", str(data), "--out", str(tmp_path / "Y"), *TINY, "--batch-size", "64")

@@ -15,7 +15,8 @@ from PIL import Image
 from dsmix_cli.defaults import resolve_default
 from dsmix_cli.errors import DatasetError, TrainingError
 from dsmix_cli.stages import probe as probe_stage
-from dsmix_cli.stages.probe import ProbeConfig, cached_view_sampler, run_probe, train_head
+from dsmix_cli.evaluation.heads import cached_view_sampler, train_head
+from dsmix_cli.stages.probe import ProbeConfig, run_probe
 
 
 def make_toy_set(folder: Path, refs: int = 6, levels: int = 5, size=(40, 52), lower_better: bool = False,

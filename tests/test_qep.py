@@ -103,6 +103,28 @@ def test_acceptance_on_the_fly_gt(refs, tmp_path):
     assert config["label_mode"] == "normalized" and config["mix"] == 3 and config["dsm_source"] == "gt"
     assert config["teacher"] == "resnet18" and config["method"]["kd_stages"] == ["layer1", "layer2", "layer3",
                                                                                   "layer4"]
+    # 8 of 120 epochs ran: not the encoder `probe` measures by default, but named for explicit use
+    assert not (tmp_path / "home" / "defaults.json").exists()
+    assert "not recorded as the default encoder" in res.output and f"--encoder {run}" in res.output
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_objective_and_resume_alone_finishes_the_run(pairs, tmp_path):
+    run = tmp_path / "run"
+    res = _invoke(["--data", str(pairs), "--dsm-source", "gt", "--epochs", "1", "--out", str(run), "--max-steps", "2",
+                   "--val-fraction", "0", *TINY])  # kd_alpha 1.0 (the default); 8 pairs / batch 2: 4 steps/epoch
+    assert res.exit_code == 0, res.output
+    res = _invoke(["--resume", "--out", str(run), "--kd-alpha", "0.1", "--lr-gamma", "0.5", "--types", "1-3"])
+    assert res.exit_code == 2, res.output
+    text = res.output.replace("\n", " ")
+    assert "kd_alpha was 1.0, now 0.1" in text and "lr_gamma was 0.9, now 0.5" in text and "types was" in text
+    assert [r["step"] for r in _log(run)] == [1, 2]  # untouched
+    res = _invoke(["--resume", "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "finished at step 4" in res.output and "now the default encoder" in res.output
+    assert [r["step"] for r in _log(run)] == [1, 2, 3, 4]
+    config = json.loads((run / "config.json").read_text())
+    assert config["kd_alpha"] == 1.0 and config["arch"] == "resnet18" and config["image_size"] == 32
     home = json.loads((tmp_path / "home" / "defaults.json").read_text())
     assert home["encoder"] == str(run.resolve())
 

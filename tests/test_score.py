@@ -78,7 +78,7 @@ def test_unreadable_images_are_named_and_the_rest_scored(probed, tmp_path):
     out = tmp_path / "s.csv"
     write_scores_csv(out, scored)
     lines = out.read_text().splitlines()
-    assert lines[0] == "path,score" and len(lines) == 3
+    assert lines[0] == "path,score,note" and len(lines) == 3
     assert lines[1].split(",")[0] == str(good[0])
 
 
@@ -87,8 +87,9 @@ def test_expand_inputs_files_folders_globs(tmp_path):
     for rel in ("b/z.png", "b/a.jpg", "b/deep/m.bmp", "b/notes.txt", "c1.png", "c2.png"):
         (tmp_path / rel).write_bytes(b"x")
     (tmp_path / "empty").mkdir()
-    paths, problems = expand_inputs([tmp_path / "c2.png", tmp_path / "b", str(tmp_path / "c*.png"),
-                                     str(tmp_path / "q*.png"), tmp_path / "empty", tmp_path / "missing.png"])
+    found = expand_inputs([tmp_path / "c2.png", tmp_path / "b", str(tmp_path / "c*.png"),
+                           str(tmp_path / "q*.png"), tmp_path / "empty", tmp_path / "missing.png"])
+    paths, problems = found.paths, found.problems
     assert paths == [tmp_path / "c2.png", tmp_path / "b" / "a.jpg", tmp_path / "b" / "deep" / "m.bmp",
                      tmp_path / "b" / "z.png", tmp_path / "c1.png", tmp_path / "c2.png", tmp_path / "missing.png"]
     assert len(problems) == 2 and "q*.png" in problems[0] and "empty" in problems[1]

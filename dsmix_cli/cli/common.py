@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import os
 import re
+import sys
 import traceback
+import typing
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -13,6 +17,7 @@ import typer
 from dsmix_cli import report
 from dsmix_cli.defaults import resolve_default
 from dsmix_cli.errors import DsmixError
+from dsmix_cli.paths import path_text
 
 _state = {"verbose": False}
 
@@ -21,22 +26,119 @@ def set_verbose(verbose: bool) -> None:
     _state["verbose"] = verbose
 
 
-def handle_errors(fn: Callable) -> Callable:
-    """Turn a `DsmixError` into one clear line on stderr and its exit code (no traceback)."""
+MaxPixelsOpt = Annotated[Optional[int], typer.Option(
+    "--max-pixels", min=0, show_default=False,
+    help="Refuse images of more than this many pixels (width x height) before decoding them, as "
+         "decompression bombs; 0 = no limit. Default: 64000000 (8000x8000), or $DSMIX_MAX_PIXELS.")]
+
+
+SkipBadOpt = Annotated[bool, typer.Option(
+    "--skip-bad", help="An image that cannot be decoded during training is replaced by the next readable "
+                       "sample (the same one on every run, so --resume stays exact) and named at the end, exit "
+                       "code 1. Without it the run stops there (exit 1; fix the file, then --resume).")]
+
+
+def finish_with_skipped(lines: list[str], shown: int = 20) -> None:
+    """After a run with --skip-bad: name every skipped input on stderr and exit 1 (if any)."""
+    if not lines:
+        return
+    for line in lines[:shown]:
+        report.warn(f"skipped: {line}")
+    if len(lines) > shown:
+        report.warn(f"... and {len(lines) - shown} more")
+    report.error(f"{len(lines)} unreadable input(s) were replaced by readable ones (--skip-bad); the run "
+                 "finished without them")
+    raise typer.Exit(code=1)
+
+
+def _option_name(fn: Callable, param: str) -> str:
+    """The first flag of a command's option (`--csv` for `csv_file`), for messages."""
+    hint = typing.get_type_hints(fn, include_extras=True).get(param)
+    for meta in getattr(hint, "__metadata__", ()):
+        decls = [d for d in getattr(meta, "param_decls", ()) or () if d.startswith("--")]
+        if decls:
+            return decls[0].split("/")[0]
+    return "--" + param.replace("_", "-")
+
+
+def _report_os_error(exc: OSError) -> None:
+    where = exc.filename if exc.filename is not None else None
+    text = exc.strerror or str(exc)
+    report.error(f"{path_text(where)}: {text}" if where is not None else text)
+
+
+def handle_errors(fn: Callable | None = None, *, images: bool = False, out_files: tuple[str, ...] = (),
+                  out_dirs: tuple[str, ...] = ()) -> Callable:
+    """Wrap a command: one clear line on stderr and the exit code for a `DsmixError` (no
+    traceback; `--verbose` adds it), and the checks every command shares.
+
+    Args:
+        fn: the command (also usable as `@handle_errors` or `@handle_errors(...)`).
+        images: the command reads images: it gains `--max-pixels` (see `imageio`).
+        out_files: parameters naming output files (`--csv`, `--json`): checked before the
+            command runs (not a folder, a folder that can be written), so a long run does not
+            fail at its end (exit 2).
+        out_dirs: parameters naming output folders (`--out`): checked the same way.
+
+    An `OSError` that reaches here (a full disk or a vanished folder during the work) is one
+    line naming the file, exit 1; Ctrl-C is "interrupted", exit 130.
+    """
+    if fn is None:
+        return functools.partial(handle_errors, images=images, out_files=out_files, out_dirs=out_dirs)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        limit = kwargs.pop("max_pixels", None) if images else None
+        if limit is None:
+            return _run(*args, **kwargs)
+        from dsmix_cli.imageio import MAX_PIXELS_ENV, set_max_pixels
+
+        before = os.environ.get(MAX_PIXELS_ENV)
         try:
+            set_max_pixels(limit)  # through the environment, so worker processes see it too
+            return _run(*args, **kwargs)
+        finally:  # the limit is this command's (commands also run in one process, e.g. in tests)
+            if before is None:
+                os.environ.pop(MAX_PIXELS_ENV, None)
+            else:
+                os.environ[MAX_PIXELS_ENV] = before
+
+    def _run(*args, **kwargs):
+        try:
+            if out_files or out_dirs:
+                from dsmix_cli.fileio import check_output_dir, check_output_file
+
+                for name in out_files:
+                    check_output_file(kwargs.get(name), _option_name(fn, name))
+                for name in out_dirs:
+                    check_output_dir(kwargs.get(name), _option_name(fn, name))
             return fn(*args, **kwargs)
         except DsmixError as exc:
             if _state["verbose"]:
                 traceback.print_exc()
+                if getattr(exc, "worker_traceback", None):
+                    print(exc.worker_traceback, file=sys.stderr)
             report.error(str(exc))
             raise typer.Exit(code=exc.exit_code) from None
+        except OSError as exc:
+            if _state["verbose"]:
+                traceback.print_exc()
+            _report_os_error(exc)
+            raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             report.error("interrupted")
             raise typer.Exit(code=130) from None
 
+    if images:
+        sig = inspect.signature(fn, eval_str=True)
+        extra = inspect.Parameter("max_pixels", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                  annotation=MaxPixelsOpt)
+        params = list(sig.parameters.values())
+        if "max_pixels" not in sig.parameters:
+            params.append(extra)
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = {**typing.get_type_hints(fn, include_extras=True), "max_pixels": MaxPixelsOpt}
+        del wrapper.__wrapped__  # typer must see the new signature, not the command's own
     return wrapper
 
 
@@ -79,9 +181,31 @@ OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", help="Run folder (default: a new runs/<command>/<timestamp>).")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option(
     "--max-steps", min=1, help="Stop after this many optimizer steps without changing the schedule.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the killed run in --out exactly.")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue the run in --out exactly; options not given are taken from its config.json.")]
 AmpOpt = Annotated[str, typer.Option("--amp", help="Mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
+AllowOutsideRootOpt = Annotated[bool, typer.Option(
+    "--allow-outside-root", help="Accept label entries that resolve outside the dataset folder (absolute "
+                                 "paths, '..', symbolic links leading elsewhere); refused by default.")]
+
+
+def typed_options(ctx: typer.Context, rename: dict[str, str] | None = None) -> set[str]:
+    """The parameters the user gave (command line or environment), as config field names
+    (`rename` maps a parameter name to its field where they differ)."""
+    given = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # by name: Typer may carry its own copy of click's enum
+    rename = rename or {}
+    return {rename.get(name, name) for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", None) in given}
+
+
+def resumed_config(ctx: typer.Context, cfg, rename: dict[str, str] | None = None):
+    """With `--resume`: `cfg` with every option the user did not type taken from `RUN/config.json`
+    (so `--resume --out RUN` alone continues the run as it was started). Typed options are kept;
+    the stage refuses those that differ from the saved run."""
+    from dsmix_cli.engine.resume import read_run_config, restore_options
+
+    return restore_options(cfg, read_run_config(cfg.out), typed_options(ctx, rename))
 
 
 def default_run_dir(command: str) -> Path:

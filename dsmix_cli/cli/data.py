@@ -1,4 +1,4 @@
-"""`dsmix data list` and `dsmix data check`."""
+"""`dsmix data list`, `dsmix data check` and `dsmix data splits`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import JsonOpt, RootOpt, handle_errors
+from dsmix_cli.cli.common import AllowOutsideRootOpt, JsonOpt, RootOpt, handle_errors
 from dsmix_cli.data import catalog
 from dsmix_cli.data.check import check_images, describe
 from dsmix_cli.fileio import write_json
 
-data_app = typer.Typer(help="Datasets the tool knows, and checks of a dataset folder.",
+data_app = typer.Typer(help="Datasets the tool knows, folder checks, split files.",
                        no_args_is_help=True, rich_markup_mode=None)
 
 
@@ -27,11 +27,41 @@ def _direction(info: catalog.DatasetInfo) -> str:
     return f"{info.label}, {arrow}, {lo:g}-{hi:g}"
 
 
+def _kind(info: catalog.DatasetInfo) -> str:
+    if info.name == "pyiqa":
+        return "an FR file is synthetic (split by reference), an NR file authentic"
+    if info.name in catalog.CSV_LAYOUTS:
+        return "synthetic (split by reference) with a ref column, else authentic"
+    return "synthetic: split by reference" if info.synthetic else "authentic: split by image"
+
+
+def _block(info: catalog.DatasetInfo, details: bool) -> tuple[str, list[tuple[str, str]]]:
+    """One dataset as a block of `key  value` lines (`details`: also where it is looked for)."""
+    heading = info.name + (f" (aliases: {', '.join(info.aliases)})" if info.aliases else "")
+    counts = [f"{info.images:,} images" if info.images is not None else "images: as listed"]
+    if info.epochs:
+        counts.append(f"probe epochs {info.epochs}")
+    fields = [("what", info.description), ("type", _kind(info)), ("scores", _direction(info)),
+              ("size", ", ".join(counts)), ("layout", info.layout)]
+    if details:
+        where = ("--root (default: the CSV's folder)" if info.name in catalog.CSV_LAYOUTS
+                 else f"--root, else {catalog.resolve_root(info.name, None)}")
+        fields.append(("looked for", where))
+    return heading, fields
+
+
 @data_app.command("list")
-@handle_errors
-def list_datasets(json: JsonOpt = None) -> None:
-    """List the dataset names the tool knows, with their type, scores and expected layout."""
-    infos = list(catalog.DATASETS.values())
+@handle_errors(out_files=("json",))
+def list_datasets(
+    name: Annotated[Optional[str], typer.Argument(
+        metavar="NAME", help="One dataset (name or alias): its block, and where it is looked for.")] = None,
+    json: JsonOpt = None,
+) -> None:
+    """List the dataset names the tool knows: type, scores, size and expected layout, one block each.
+
+    Example: dsmix data list clive
+    """
+    infos = [catalog.DATASETS[catalog.canonical_name(name)]] if name else list(catalog.DATASETS.values())
     if json is not None:
         write_json(json, [{
             "name": i.name, "aliases": list(i.aliases), "description": i.description,
@@ -40,18 +70,13 @@ def list_datasets(json: JsonOpt = None) -> None:
             "epochs": i.epochs, "layout": i.layout} for i in infos])
         if str(json) == "-":
             return
-    rows = [(i.name, ", ".join(i.aliases) or "-",
-             "synthetic" if i.synthetic else ("authentic" if i.name not in catalog.CSV_LAYOUTS else "either"),
-             _direction(i), i.images if i.images is not None else "-", i.epochs or "-", i.layout)
-            for i in infos]
-    report.table("Datasets (dsmix data check NAME --root DIR)",
-                 ["name", "aliases", "type", "score", "images", "LP epochs", "expected layout under --root"], rows)
-    report.info("Default root: --root, else $DSMIX_DATA/<name>, else ./datasets/<name>. "
-                "Details: docs/datasets.md")
+    report.blocks([_block(i, details=name is not None) for i in infos])
+    report.info("Check a folder: dsmix data check NAME --root DIR")
+    report.info("Default root: $DSMIX_DATA/<name>, else ./datasets/<name>. More: docs/datasets.md")
 
 
 @data_app.command("check")
-@handle_errors
+@handle_errors(images=True, out_files=("json",))
 def check(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name or alias (see `dsmix data list`).")],
     root: RootOpt = None,
@@ -65,15 +90,18 @@ def check(
     lower_better: Annotated[Optional[bool], typer.Option(
         "--lower-better/--higher-better", help="Score direction of a 'pyiqa' or 'csv' label file.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decoding threads.")] = 4,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Validate a dataset folder before a long run: counts, score range and direction,
     references, missing and unreadable images.
 
     Exit codes: 0 all usable (or missing ones skipped), 1 unreadable images found,
-    2 bad folder or label file, or images missing without --skip-missing.
+    2 bad folder or label file (an image listed twice, an entry outside the folder, ...), or
+    images missing without --skip-missing.
     """
     to_stdout = json is not None and str(json) == "-"
-    dataset = catalog.load_dataset(name, root, skip_missing=skip_missing, csv=csv, lower_better=lower_better)
+    dataset = catalog.load_dataset(name, root, skip_missing=skip_missing, csv=csv, lower_better=lower_better,
+                                   allow_outside_root=allow_outside_root)
     if dataset.missing:
         report.warn(f"{len(dataset.missing)} of {dataset.total} images are missing "
                     f"(e.g. {catalog.format_examples(dataset.missing, dataset.root)}); "
@@ -94,6 +122,52 @@ def check(
     if dataset.unreadable:
         report.error(f"{len(dataset.unreadable)} of {dataset.total} images cannot be decoded")
         raise typer.Exit(code=1)
+
+
+@data_app.command("splits")
+@handle_errors(out_files=("out", "json"))
+def splits(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name or alias (see `dsmix data list`).")],
+    out: Annotated[Path, typer.Option("--out", help="The split file: .json (read back by --splits-from), or "
+                                                    ".csv (a name column and one split_NN column per split).")],
+    root: RootOpt = None,
+    csv: Annotated[Optional[Path], typer.Option(
+        "--csv", help="Label file: required for 'pyiqa' and 'csv', or a native label file kept elsewhere.")] = None,
+    lower_better: Annotated[Optional[bool], typer.Option(
+        "--lower-better/--higher-better", help="Score direction of a 'pyiqa' or 'csv' label file.")] = None,
+    protocol: Annotated[str, typer.Option(
+        "--protocol", help="Whose split ratios: dsmix (80/20), arniqa or contrique (70/10/20).")] = "dsmix",
+    n_splits: Annotated[int, typer.Option("--splits", min=1, help="Random splits.")] = 10,
+    train_ratio: Annotated[Optional[float], typer.Option("--train-ratio", help="Training fraction.")] = None,
+    val_ratio: Annotated[Optional[float], typer.Option("--val-ratio", help="Validation fraction.")] = None,
+    splits_from: Annotated[Optional[Path], typer.Option(
+        "--splits-from", help="Convert this split file (CSV split columns, ARNIQA .npy folder) instead.")] = None,
+    splits_column: Annotated[Optional[str], typer.Option(
+        "--splits-column", help="With a CSV --splits-from: the split column (or prefix).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random splits (probe's --seed).")] = 0,
+    skip_missing: Annotated[bool, typer.Option(
+        "--skip-missing", help="Split the images present when some are missing (as probe --skip-missing).")] = False,
+    allow_outside_root: AllowOutsideRootOpt = False,
+    json: JsonOpt = None,
+) -> None:
+    """Export the splits `dsmix probe` draws (same seed, ratios and grouping) as a file to ship or reuse.
+
+    Read back with `probe --splits-from FILE`, it gives the same splits and the same numbers.
+    """
+    from dsmix_cli.stages.probe import ProbeConfig, export_probe_splits
+
+    cfg = ProbeConfig(encoder="", dataset=name, out="", root=str(root) if root else None,
+                      csv=str(csv) if csv else None, lower_better=lower_better, protocol=protocol, splits=n_splits,
+                      train_ratio=train_ratio, val_ratio=val_ratio,
+                      splits_from=str(splits_from) if splits_from else None, splits_column=splits_column,
+                      seed=seed, skip_missing=skip_missing, allow_outside_root=allow_outside_root)
+    summary = export_probe_splits(cfg, out)
+    if json is not None:
+        write_json(json, summary)
+    if json is None or str(json) != "-":
+        report.table(f"{summary['dataset']}: {summary['source']}", ["split", "train", "val", "test"],
+                     [(r["split"], r["n_train"], r["n_val"], r["n_test"]) for r in summary["splits"]])
+        report.info(f"wrote {summary['file']}")
 
 
 def _print_summary(s: dict) -> None:

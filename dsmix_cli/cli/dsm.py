@@ -9,13 +9,16 @@ from typing import Annotated, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import (AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt, WorkersOpt,
-                                  default_run_dir, handle_errors)
+from dsmix_cli.cli.common import (AllowOutsideRootOpt, AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt,
+                                  SkipBadOpt, WorkersOpt, default_run_dir, finish_with_skipped, handle_errors,
+                                  resumed_config)
 from dsmix_cli.errors import DsmixError
 
-DataOpt = Annotated[Path, typer.Option(
-    "--data", help="Pairs folder: a `dsmix synthesize` output (dist_imgs.csv), KADIS-700k (ref_imgs/, "
-                   "dist_imgs/, kadis700k_ref_imgs.csv) or KADID-10k (dmos.csv).")]
+_DATA_HELP = ("Pairs folder: a `dsmix synthesize` output (dist_imgs.csv), KADIS-700k (ref_imgs/, "
+              "dist_imgs/, kadis700k_ref_imgs.csv) or KADID-10k (dmos.csv).")
+DataOpt = Annotated[Path, typer.Option("--data", help=_DATA_HELP)]
+OptionalDataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help=_DATA_HELP + " Required, except with --resume (the run's own).")]
 SkipMissingOpt = Annotated[bool, typer.Option(
     "--skip-missing", help="Use the complete pairs when some image files are missing (else stop).")]
 
@@ -31,24 +34,34 @@ def make_gt_dsm_command(
         "--dsm-model", help="Write this DSM network's predicted maps instead of the ground truth: a cache "
                             "for `qep --dsm-source maps` (a pretrain-dsm run or its dsm.safetensors).")] = None,
     device: DeviceOpt = "auto",
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Ground-truth DSMs: one map per distorted image, channel mean of |dist - ref| pooled by --pool.
 
     Existing maps are kept, so a rerun resumes. With --dsm-model, the DSM network's predicted
-    maps of the whole images instead (computed once, reused by `qep --dsm-source maps`).
+    maps of the whole images instead (computed once, reused by `qep --dsm-source maps`). A pair
+    that cannot be read (an undecodable image, sizes that differ) gets no map and is named on
+    stderr; the others are written and the exit code is 1.
     """
     from dsmix_cli.stages.make_gt_dsm import MakeGtConfig, make_gt_dsm
 
     cfg = MakeGtConfig(data=data, out=out, pool=pool, dtype=dtype, workers=workers, skip_missing=skip_missing,
-                       dsm_model=dsm_model, device=device)
+                       dsm_model=dsm_model, device=device, allow_outside_root=allow_outside_root)
     with report.Bars({"make-gt-dsm": "img"}) as bars:
         result = make_gt_dsm(cfg, on_progress=lambda done, total: bars("make-gt-dsm", done, total))
     report.info(f"make-gt-dsm: {result.written} maps written, {result.skipped} already present, "
                 f"{result.total} in all -> {result.out}")
+    for line in result.failed:
+        report.error(f"no map: {line}")
+    if result.failed:
+        report.error(f"{len(result.failed)} pair(s) could not be used and have no map; the other maps are "
+                     "written (a rerun tries those pairs again)")
+        raise typer.Exit(code=1)
 
 
 def pretrain_dsm_command(
-    data: DataOpt,
+    ctx: typer.Context,
+    data: OptionalDataOpt = None,
     out: OutOpt = None,
     arch: Annotated[str, typer.Option("--arch", help="Any timm ViT (the paper: ViT-B/8).")] = "vit_base_patch8_224",
     image_size: Annotated[int, typer.Option("--image-size", help="Crop size; a multiple of the patch size.")] = 224,
@@ -74,6 +87,7 @@ def pretrain_dsm_command(
     gt_maps: Annotated[Optional[Path], typer.Option(
         "--gt-maps", help="Read ground truth from `make-gt-dsm` maps instead of computing it.")] = None,
     skip_missing: SkipMissingOpt = False,
+    skip_bad: SkipBadOpt = False,
     amp: AmpOpt = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
@@ -87,9 +101,12 @@ def pretrain_dsm_command(
     log_every: Annotated[int, typer.Option("--log-every", min=1, help="Steps between metrics.jsonl lines.")] = 10,
     checkpoint_every: Annotated[int, typer.Option(
         "--checkpoint-every", min=1, help="Steps between last.pt saves (also at each epoch end).")] = 500,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Train the DSM network (ViT without class token + per-token decoder) on distorted/reference pairs.
 
+    `--resume --out RUN` alone continues a stopped run with its saved settings. Only a run that
+    finishes its schedule becomes the default DSM model of `qep`.
     Multi-GPU: torchrun --nproc_per_node N -m dsmix_cli pretrain-dsm ...
     """
     from dsmix_cli.stages.pretrain_dsm import PretrainDSMConfig, run_pretrain_dsm
@@ -104,11 +121,14 @@ def pretrain_dsm_command(
         data=data, out=out, arch=arch, image_size=image_size, decoder=decoder, pretrained=pretrained or
         weights is not None, weights=weights, depth=depth, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, val_fraction=val_fraction,
-        val_max_images=val_max_images, flip=flip, gt_maps=gt_maps, skip_missing=skip_missing, amp=amp,
+        val_max_images=val_max_images, flip=flip, gt_maps=gt_maps, skip_missing=skip_missing, skip_bad=skip_bad,
+        amp=amp,
         channels_last=channels_last, compile=compile_,
         workers=min(4, os.cpu_count() or 1) if workers is None else workers, seed=seed, device=device,
         deterministic=deterministic, max_steps=max_steps, resume=resume, log_every=log_every,
-        checkpoint_every=checkpoint_every)
+        checkpoint_every=checkpoint_every, allow_outside_root=allow_outside_root)
+    if resume:
+        cfg = resumed_config(ctx, cfg, rename={"compile_": "compile"})
     with report.Bars({"pretrain-dsm": "step"}) as bars:
 
         def on_start(plan: dict) -> None:
@@ -124,10 +144,17 @@ def pretrain_dsm_command(
     val = f", best val MSE {result.best_val_mse:.4g}" if result.best_val_mse is not None else ""
     loss = f", last loss {result.last_loss:.4g}" if result.last_loss is not None else ""
     report.info(f"pretrain-dsm {how}: step {result.step}{loss}{val}; weights {result.weights}, preview "
-                f"{result.preview}; recorded as the default DSM model for qep")
+                f"{result.preview}")
+    if result.finished:
+        report.info(f"recorded {result.run_dir} as the default DSM model for qep")
+    else:
+        report.info(f"not recorded as the default DSM model (the schedule did not finish): use it explicitly "
+                    f"with `dsmix qep --dsm-model {result.run_dir}`, or finish it with "
+                    f"`dsmix pretrain-dsm --resume --out {result.run_dir}`")
+    finish_with_skipped(result.skipped)
 
 
 def register(app: typer.Typer) -> None:
     """Add `make-gt-dsm` and `pretrain-dsm` to the app."""
-    app.command("make-gt-dsm")(handle_errors(make_gt_dsm_command))
-    app.command("pretrain-dsm")(handle_errors(pretrain_dsm_command))
+    app.command("make-gt-dsm")(handle_errors(make_gt_dsm_command, images=True, out_dirs=("out",)))
+    app.command("pretrain-dsm")(handle_errors(pretrain_dsm_command, images=True, out_dirs=("out",)))

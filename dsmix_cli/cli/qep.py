@@ -9,11 +9,15 @@ from typing import Annotated, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import (AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt, WorkersOpt,
-                                  default_run_dir, handle_errors, parse_int_list)
+from dsmix_cli.cli.common import (AllowOutsideRootOpt, AmpOpt, DeviceOpt, MaxStepsOpt, OutOpt, ResumeOpt, SeedOpt,
+                                  SkipBadOpt, WorkersOpt, default_run_dir, finish_with_skipped, handle_errors,
+                                  parse_int_list, resumed_config)
+from dsmix_cli.cli import qpt as Q
 
 
 def qep(
+    ctx: typer.Context,
+    pretext: Q.PretextOpt = "dsmix",
     data: Annotated[Optional[Path], typer.Option(
         "--data", help="Pre-generated pairs: a `dsmix synthesize` folder, KADID-10k or KADIS-700k.")] = None,
     refs: Annotated[Optional[Path], typer.Option(
@@ -84,6 +88,7 @@ def qep(
     warmup_steps: Annotated[int, typer.Option(
         "--warmup-steps", min=0, help="Linear LR warm-up steps (the paper: 0).")] = 0,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
+    skip_bad: SkipBadOpt = False,
     workers: WorkersOpt = min(4, os.cpu_count() or 1),
     amp: AmpOpt = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
@@ -96,13 +101,24 @@ def qep(
     log_every: Annotated[int, typer.Option("--log-every", min=1, help="Steps between metrics.jsonl lines.")] = 10,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 500,
     out: OutOpt = None,
+    allow_outside_root: AllowOutsideRootOpt = False,
+    qpt_steps: Q.StepsOpt = Q.DEFAULTS["steps"],
+    qpt_skip: Q.SkipOpt = Q.DEFAULTS["skip"],
+    qpt_region: Q.RegionOpt = Q.DEFAULTS["region"],
+    qpt_temperature: Q.TemperatureOpt = Q.DEFAULTS["temperature"],
+    qpt_queue: Q.QueueOpt = Q.DEFAULTS["queue"],
+    qpt_momentum: Q.MomentumOpt = Q.DEFAULTS["momentum"],
+    qpt_dim: Q.DimOpt = Q.DEFAULTS["dim"],
+    qpt_hidden: Q.HiddenOpt = Q.DEFAULTS["hidden"],
 ) -> None:
     """Quality-encoder pre-training (QEP): DSMix + soft cross-entropy + semantic KD.
 
     Writes RUN/config.json, metrics.jsonl, last.pt/best.pt and RUN/encoder.safetensors (the
-    encoder `dsmix probe --encoder RUN` loads); a clean end makes RUN the default encoder. The
-    heads are scored on held-out references while it runs: RUN/results.json, val_confusion.png,
-    val_type_level.png and curves.png; best.pt is the validation step with the best val_acc.
+    encoder `dsmix probe --encoder RUN` loads); a run that finishes its schedule becomes the
+    default encoder. `--resume --out RUN` alone continues a stopped run with its saved settings.
+    The heads are scored on held-out references while it runs: RUN/results.json,
+    val_confusion.png, val_type_level.png and curves.png; best.pt is the validation step with
+    the best val_acc.
     """
     from dsmix_cli.stages.qep import QEPConfig, run_qep
 
@@ -111,7 +127,10 @@ def qep(
 
         raise DsmixError("--resume needs --out RUN (the run folder to continue)")
     cfg = QEPConfig(
-        out=out or default_run_dir("qep"), data=data, refs=refs, on_the_fly=on_the_fly, epoch_size=epoch_size,
+        out=out or default_run_dir("qep"), pretext=pretext,
+        qpt=Q.qpt_options(qpt_steps, qpt_skip, qpt_region, qpt_temperature, qpt_queue, qpt_momentum, qpt_dim,
+                          qpt_hidden),
+        data=data, refs=refs, on_the_fly=on_the_fly, epoch_size=epoch_size,
         types=parse_int_list(types, 1, 25, "--types"), levels=parse_int_list(levels, 1, 5, "--levels"),
         rescale=rescale, ref_resize=ref_resize, cache_refs=cache_refs, val_refs=val_refs, val_fraction=val_fraction,
         val_every=val_every, val_max_images=val_max_images, pristine_share=pristine_share, optimizer=optimizer,
@@ -120,10 +139,13 @@ def qep(
         teacher=teacher, pretrained=pretrained, student_weights=student_weights, teacher_weights=teacher_weights,
         mix=mix, paste_prob=paste_prob, label_mode=label_mode, joint_head=joint_head, head_hidden=head_hidden,
         kd_alpha=kd_alpha, kd_beta=kd_beta, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
-        lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, weight_decay=weight_decay, flip=flip, workers=workers,
+        lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, weight_decay=weight_decay, flip=flip, skip_bad=skip_bad,
+        workers=workers,
         amp=amp, channels_last=channels_last, compile=compile_model,
         seed=seed, device=device, max_steps=max_steps, resume=resume,
-        log_every=log_every, checkpoint_every=checkpoint_every)
+        log_every=log_every, checkpoint_every=checkpoint_every, allow_outside_root=allow_outside_root)
+    if resume:
+        cfg = resumed_config(ctx, cfg, rename={"compile_model": "compile", **Q.RESUME_NAMES})
     with report.Bars({"qep-refs": "img", "qep-val-set": "ref", "qep": "step"}) as bars:
         result = run_qep(cfg, info=report.info, on_progress=lambda p: bars(
             p.get("phase", "qep"), p["step"], p["total"],
@@ -134,9 +156,16 @@ def qep(
                      ["type", "level", "pristine", "distorted called pristine", "type, no pristine answer"],
                      [(result["val_type_acc"], result["val_level_acc"], result["val_pristine_acc"],
                        result["val_called_pristine"], result["val_type_acc_no_pristine"])])
-    report.info(f"qep: stopped at step {result['step']} (loss {loss}); encoder {result['encoder']} "
-                f"is now the default encoder; validation in {Path(result['run']) / 'results.json'}")
+        report.info(f"validation in {Path(result['run']) / 'results.json'}")
+    if result["finished"]:
+        report.info(f"qep: finished at step {result['step']} (loss {loss}); encoder {result['encoder']} "
+                    f"is now the default encoder")
+    else:
+        report.info(f"qep: stopped at step {result['step']} (loss {loss}) before the end of the schedule: not "
+                    f"recorded as the default encoder; use it explicitly with `--encoder {result['run']}`, or "
+                    f"finish it with `dsmix qep --resume --out {result['run']}`")
+    finish_with_skipped(result.get("skipped_inputs", []))
 
 
 def register(app: typer.Typer) -> None:
-    app.command("qep")(handle_errors(qep))
+    app.command("qep")(handle_errors(qep, images=True, out_dirs=("out",)))

@@ -13,10 +13,15 @@ from dsmix_cli.cli.common import (UNITS, DeviceOpt, JsonOpt, ModelOpt, WorkersOp
 from dsmix_cli.cli.probe import print_probe_table
 
 
+SHOWN_ROWS = 20  # rows of the table printed when the scores also go to a file
+
+
 def score(
     paths: Annotated[List[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
     model: ModelOpt = None,
-    csv: Annotated[Optional[Path], typer.Option("--csv", help="Write path,score rows here ('-' = stdout).")] = None,
+    csv: Annotated[Optional[Path], typer.Option(
+        "--csv", help="Write path,score,note rows here ('-' = stdout); note flags a score outside the "
+                      "training labels' range.")] = None,
     json: JsonOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch (x5 crops).")] = 32,
     workers: WorkersOpt = 0,
@@ -25,38 +30,60 @@ def score(
     """Quality scores (higher = better) of images, folders or globs with a probed model.
 
     Each score averages the five test crops; scores are in the model's normalised scale (0 = the
-    worst, 1 = the best training label). Unreadable images are named on stderr and the others
-    scored; the exit code is then 1.
+    worst, 1 = the best training label). A score outside [0, 1] is kept and marked in the note
+    column (the model extrapolates there). Unreadable images are named on stderr and the others
+    scored; the exit code is then 1. Folders and globs (`'DIR/**/*.png'`) list each file once and
+    do not follow links to folders (what they skip is named on stderr). A file name that is not
+    valid UTF-8 is written with \\xNN for each such byte.
+
+    Example: dsmix score photos/ --csv scores.csv
     """
     from dsmix_cli.engine.runtime import resolve_device
     from dsmix_cli.errors import DsmixError
     from dsmix_cli.evaluation.bundle import load_bundle
     from dsmix_cli.evaluation.score import expand_inputs, score_images, write_scores_csv, write_scores_json
+    from dsmix_cli.paths import path_text
 
-    quiet_if_stdout(csv, json)
+    to_stdout = quiet_if_stdout(csv, json)
     run = resolved("model", model, to_stderr=True)
-    files, problems = expand_inputs(paths)
-    if not files:
-        raise DsmixError("no images to score: " + "; ".join(problems or ["no paths given"]))
+    inputs = expand_inputs(paths)
+    for line in inputs.skipped:
+        report.warn(line)
+    if not inputs.paths:
+        raise DsmixError("no images to score: " + "; ".join(inputs.problems or ["no paths given"]))
     probed = load_bundle(run, resolve_device(device))
     with report.Bars(UNITS) as bars:
-        scored = score_images(probed, files, batch_size=batch_size, workers=workers,
-                              on_progress=counter(bars, "scoring", len(files)))
+        scored = score_images(probed, inputs.paths, batch_size=batch_size, workers=workers,
+                              on_progress=counter(bars, "scoring", len(inputs.paths)))
+    good = [r for r in scored if not r.error]
+    flagged = [r for r in good if r.note]
+    if not to_stdout:  # the table first: whatever happens to the files, the scores are on screen
+        shown = good if csv is None and json is None else good[:SHOWN_ROWS]
+        columns = ["path", "score"] + (["note"] if flagged else [])
+        rows = [(path_text(r.path), r.score) + ((r.note,) if flagged else ()) for r in shown]
+        report.table(f"scores (higher = better; model {path_text(run)})", columns, rows)
+        if len(shown) < len(good):
+            report.info(f"... and {len(good) - len(shown)} more rows")
     if csv is not None:
-        write_scores_csv(csv, scored)
+        n = write_scores_csv(csv, scored)
+        report.info(f"wrote {path_text(csv)} ({n} rows)")
     if json is not None:
-        write_scores_json(json, scored, probed)
-    if csv is None and json is None:
-        report.table(f"scores (higher = better; model {run})", ["path", "score"],
-                     [(str(r.path), r.score) for r in scored if not r.error])
+        write_scores_json(json, scored, probed, inputs)
+        report.info(f"wrote {path_text(json)} ({len(scored)} images)")
+    if flagged:
+        report.warn(f"{len(flagged)} of {len(good)} scores lie outside the training labels' range [0, 1] "
+                    f"(0 = the worst, 1 = the best training image): the model extrapolates there; they are "
+                    f"kept for ranking and marked in the note column")
     bad = [r for r in scored if r.error]
     for r in bad:
         report.error(f"cannot score {r.error}")
-    for p in problems:
+    for p in inputs.problems:
         report.error(p)
-    if bad or problems:
-        report.error(f"{len(bad) + len(problems)} input(s) could not be scored; "
-                     f"{len(scored) - len(bad)} image(s) scored")
+    if bad or inputs.problems:
+        parts = [f"{len(bad)} image(s) could not be read"]
+        if inputs.problems:
+            parts.append(f"{len(inputs.problems)} input(s) matched no image")
+        report.error("; ".join(parts) + f"; {len(good)} image(s) scored")
         raise typer.Exit(code=1)
 
 
@@ -85,5 +112,5 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("score")(handle_errors(score))
-    app.command("demo")(handle_errors(demo))
+    app.command("score")(handle_errors(score, images=True, out_files=("csv", "json")))
+    app.command("demo")(handle_errors(demo, out_dirs=("out",)))

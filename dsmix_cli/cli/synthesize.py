@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import DeviceOpt, SeedOpt, handle_errors, parse_int_list
+from dsmix_cli.cli.common import AllowOutsideRootOpt, DeviceOpt, SeedOpt, handle_errors, parse_int_list
 from dsmix_cli.errors import DsmixError
 
 
@@ -36,6 +36,7 @@ def synthesize_command(
         "--no-mapmm", help="Skip the MATLAB dispatcher's min-max rescale before and after each distortion.")] = False,
     dncnn: Annotated[Optional[Path], typer.Option(
         "--dncnn", help="DnCNN state dict (.pth/.safetensors) for type 15 instead of the substitute.")] = None,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Write KADIS/KADID-style distorted images: D/dist_imgs/<stem>_<tt>_<ll>.<ext> and D/dist_imgs.csv.
 
@@ -48,7 +49,7 @@ def synthesize_command(
         types=parse_int_list(types, 1, 25, "--types") if types is not None else None,
         levels=parse_int_list(levels, 1, 5, "--levels"), csv=csv_file, official_type_8=official_type_8,
         skip_missing=skip_missing, fmt=fmt.lower(), workers=workers, device=device, seed=seed,
-        batch_size=batch_size, mapmm=not no_mapmm, dncnn=dncnn)
+        batch_size=batch_size, mapmm=not no_mapmm, dncnn=dncnn, allow_outside_root=allow_outside_root)
     plan = plan_run(config)
     if plan.existing:
         report.info(f"{plan.existing} of {len(plan.jobs)} images already present: skipped")
@@ -87,6 +88,9 @@ def contact_sheet_command(
     from dsmix_cli.distortions import set_denoiser
     from dsmix_cli.engine.runtime import resolve_device
 
+    from dsmix_cli.imageio import check_image_extension
+
+    check_image_extension(out, "--out")  # before the rendering, not after it
     try:
         th, tw = (int(v) for v in thumb.lower().split("x"))
     except ValueError:
@@ -94,11 +98,12 @@ def contact_sheet_command(
     if not (8 <= th <= 384 and 8 <= tw <= 512):
         raise DsmixError(f"--thumb {thumb!r}: expected at most 384x512")
     set_denoiser(dncnn)
-    path = render_contact_sheet(ref, out, seed=seed, device=resolve_device(device), thumb=(th, tw), zoom=zoom,
-                                caption=caption)
+    with report.Bars({"contact-sheet": "type"}) as bars:
+        path = render_contact_sheet(ref, out, seed=seed, device=resolve_device(device), thumb=(th, tw), zoom=zoom,
+                                    caption=caption, on_progress=lambda done, total: bars("contact-sheet", done, total))
     report.info(f"contact sheet written to {path}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("synthesize")(handle_errors(synthesize_command))
-    app.command("contact-sheet")(handle_errors(contact_sheet_command))
+    app.command("synthesize")(handle_errors(synthesize_command, images=True, out_dirs=("out",)))
+    app.command("contact-sheet")(handle_errors(contact_sheet_command, images=True, out_files=("out",)))

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from dsmix_cli.data import csv_layouts, layouts
+from dsmix_cli.data.entries import Confinement, Unique, name_key
 from dsmix_cli.errors import DatasetError
 
 ProgressFn = Callable[[int, int], None]
@@ -62,6 +63,9 @@ class DatasetInfo:
         epochs: linear-probing epochs (METHOD.md section 5), None where not a probe set.
         images: images in the complete release (None where it depends on the file).
         aliases: other names accepted on the command line.
+        probe_size: (W, H) the probing protocol fixes for this dataset's images (KonIQ-10k's
+            512x384): images of another size are resized to it on load. None: used as they are
+            (images smaller than the crop are resized up to it, FLIVE's shorter side to 224).
     """
 
     name: str
@@ -74,6 +78,7 @@ class DatasetInfo:
     epochs: int | None
     images: int | None
     aliases: tuple[str, ...] = ()
+    probe_size: tuple[int, int] | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -95,7 +100,8 @@ DATASETS: dict[str, DatasetInfo] = {
                     "MOS", False, (0.0, 100.0), False, 100, 1162, ("livec", "live-c", "challengedb")),
         DatasetInfo("koniq10k", "KonIQ-10k (authentic; official split from a 'set' column)",
                     "koniq10k_scores_and_distributions.csv, 512x384/ or 1024x768/",
-                    "MOS_zscore", False, (0.0, 100.0), False, 200, 10073, ("koniq", "koniq-10k")),
+                    "MOS_zscore", False, (0.0, 100.0), False, 200, 10073, ("koniq", "koniq-10k"),
+                    probe_size=(512, 384)),
         DatasetInfo("flive", "FLIVE / PaQ-2-PiQ images (authentic)",
                     "labels_image.csv, FLIVE/<basename> (or database/<subset>/<file>)",
                     "MOS", False, (0.0, 100.0), False, 200, 39810, ("paq2piq", "livefb")),
@@ -237,7 +243,7 @@ def format_examples(paths: list[Path], root: Path, n: int = 3) -> str:
 def load_dataset(name: str, root: Path | None = None, *, skip_missing: bool = False,
                  check_readable: bool = False, csv: Path | None = None,
                  lower_better: bool | None = None, on_progress: ProgressFn | None = None,
-                 workers: int = 4) -> Dataset:
+                 workers: int = 4, allow_outside_root: bool = False) -> Dataset:
     """Read a dataset's labels and find its images on disk.
 
     Args:
@@ -251,13 +257,16 @@ def load_dataset(name: str, root: Path | None = None, *, skip_missing: bool = Fa
             except pyiqa's LIVE/CSIQ/LIVE-MD meta files).
         on_progress: called as `on_progress(done, total)` while decoding.
         workers: decoding threads for `check_readable`.
+        allow_outside_root: accept entries that lie or resolve (symbolic links followed)
+            outside `root`; refused by default.
 
     Returns:
         The `Dataset`.
 
     Raises:
-        DatasetError: unknown name, missing folder, missing or malformed label file, or images
-            missing without `skip_missing` ("N of M images are missing (e.g. ...)").
+        DatasetError: unknown name, missing folder, missing or malformed label file, an image
+            listed twice or outside `root` (naming the file and the line), or images missing
+            without `skip_missing` ("N of M images are missing (e.g. ...)").
     """
     key = canonical_name(name)
     info = DATASETS[key]
@@ -265,6 +274,8 @@ def load_dataset(name: str, root: Path | None = None, *, skip_missing: bool = Fa
         if csv is None:
             raise DatasetError(f"the {key} layout needs --csv FILE")
         csv = _abs(csv)
+        if not csv.is_file():
+            raise DatasetError("label file not found" if not csv.exists() else "label file is not a file", csv)
         root = _abs(root) if root is not None else csv.parent
     else:
         root = resolve_root(key, root)
@@ -277,6 +288,9 @@ def load_dataset(name: str, root: Path | None = None, *, skip_missing: bool = Fa
     if not labels.entries:
         raise DatasetError("the label file lists no images", labels.label_file)
 
+    _check_entries(labels, root, allow_outside_root)
+    confine = Confinement(root, allow=allow_outside_root)
+    same_file = Unique(labels.label_file, unit=labels.unit)
     finder = _Finder()
     items: list[Item] = []
     missing: list[Path] = []
@@ -291,6 +305,8 @@ def load_dataset(name: str, root: Path | None = None, *, skip_missing: bool = Fa
             folder, rel = e.candidates[0]
             missing.append(folder / rel)
             continue
+        confine.check(path, labels.label_file, e.line, e.name, labels.unit)  # symbolic links followed
+        same_file.add(confine.real_path(path), e.line, f"{e.name!r} (the file {path})")
         items.append(Item(path, e.score, e.ref, e.name, e.split, e.ref_path))
         kept.append(i)
     total = len(labels.entries)
@@ -322,6 +338,19 @@ def load_dataset(name: str, root: Path | None = None, *, skip_missing: bool = Fa
         dataset = check_images(dataset, on_progress=on_progress, workers=workers)
     dataset.references = count_refs(dataset)
     return dataset
+
+
+def _check_entries(labels: layouts.Labels, root: Path, allow_outside_root: bool) -> None:
+    """Before looking at the disk: every name listed once, and every place an entry may sit
+    (and its reference) inside `root` as written (`..` collapsed, absolute paths refused)."""
+    once = Unique(labels.label_file, unit=labels.unit)
+    confine = Confinement(root, allow=allow_outside_root)
+    for e in labels.entries:
+        once.add(name_key(e.name), e.line, repr(e.name), detail=f"score {e.score:g}" if math.isfinite(e.score) else "")
+        for folder, rel in e.candidates:
+            confine.check_entry(folder, rel, labels.label_file, e.line, e.name, labels.unit)
+        if e.ref_path is not None:
+            confine.check(e.ref_path, labels.label_file, e.line, str(e.ref_path), labels.unit, resolve=False)
 
 
 def count_refs(dataset: Dataset) -> int | None:

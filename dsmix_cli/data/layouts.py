@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dsmix_cli.data.entries import Unique, name_key
 from dsmix_cli.errors import DatasetError
 
 # LIVE release 2: the five distortion folders, in the order `dmos_realigned.mat` lists them.
@@ -45,6 +46,7 @@ class Entry(NamedTuple):
     ref_path: Path | None = None
     split: str | None = None
     split_tags: tuple[str | None, ...] = ()
+    line: int | None = None  # where the label file lists it (line, or entry of a .mat file)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Labels:
     lower_better: bool | None = None
     synthetic: bool | None = None
     split_columns: list[str] = field(default_factory=list)
+    unit: str = "line"  # what `Entry.line` counts: "line" (text files) or "entry" (.mat files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +112,8 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             rows = list(_csv.reader(fh))
     except UnicodeDecodeError:
         raise DatasetError("not a UTF-8 text CSV file", path) from None
+    except _csv.Error as exc:  # a NUL byte, a field past the csv module's size limit, ...
+        raise DatasetError(f"not a readable CSV file ({exc})", path) from None
     numbered = [(i + 1, [c.strip() for c in r]) for i, r in enumerate(rows) if any(c.strip() for c in r)]
     if not numbered:
         raise DatasetError("empty label file", path)
@@ -138,8 +143,8 @@ def parse_float(text: str, path: Path, line: int, what: str) -> float:
         value = float(text)
     except ValueError:
         raise DatasetError(f"line {line}: {what} {text!r} is not a number", path) from None
-    if math.isnan(value):
-        raise DatasetError(f"line {line}: {what} is NaN", path)
+    if not math.isfinite(value):
+        raise DatasetError(f"line {line}: {what} is {text!r}, not a finite number", path)
     return value
 
 
@@ -226,7 +231,7 @@ def read_csiq(root: Path, label: Path | None) -> Labels:
         ref = parts[0] + Path(name).suffix
         entries.append(Entry(name, score, ((root / "dst_imgs_all", name),
                                            (root / "dst_imgs" / parts[1].lower(), name)),
-                             ref=ref, ref_path=root / "src_imgs" / ref))
+                             ref=ref, ref_path=root / "src_imgs" / ref, line=line))
     return Labels(root, file, entries)
 
 
@@ -243,7 +248,7 @@ def read_tid2013(root: Path, label: Path | None) -> Labels:
         if not ref.isdigit():
             raise DatasetError(f"line {line}: name {name!r} is not iXX_TT_L.bmp", file)
         entries.append(Entry(name, score, ((root / "distorted_images", name),),
-                             ref=ref, ref_path=root / "reference_images" / f"I{ref}.BMP"))
+                             ref=ref, ref_path=root / "reference_images" / f"I{ref}.BMP", line=line))
     return Labels(root, file, entries)
 
 
@@ -259,7 +264,7 @@ def read_kadid10k(root: Path, label: Path | None) -> Labels:
         score = parse_float(get_cell(cells, c_score, file, line), file, line, "dmos")
         ref = ref_img[1:3]
         entries.append(Entry(name, score, ((root / "distorted_images", name), (root / "images", name)),
-                             ref=ref, ref_path=root / "reference_images" / ref_img))
+                             ref=ref, ref_path=root / "reference_images" / ref_img, line=line))
     return Labels(root, file, entries)
 
 
@@ -284,9 +289,12 @@ def read_clive(root: Path, label: Path | None) -> Labels:
     if len(names) != len(mos):
         raise DatasetError(f"{len(names)} names in {names_file.name} but {len(mos)} scores", mos_file)
     training = re.compile(r"t\d+\.bmp", re.IGNORECASE)
-    entries = [Entry(n, float(s), ((base / "Images", n),)) for n, s in zip(names, mos)
-               if not training.fullmatch(n)]
-    return Labels(base, mos_file, entries)
+    entries, once = [], Unique(names_file, unit="entry")
+    for k, (n, s) in enumerate(zip(names, mos)):
+        if not training.fullmatch(n):
+            once.add(name_key(n), k + 1, repr(n), detail=f"MOS {s:g}")  # the names file, by entry
+            entries.append(Entry(n, float(s), ((base / "Images", n),), line=k + 1))
+    return Labels(base, mos_file, entries, unit="entry")
 
 
 def read_koniq10k(root: Path, label: Path | None) -> Labels:
@@ -321,7 +329,7 @@ def read_koniq10k(root: Path, label: Path | None) -> Labels:
         name = get_cell(cells, c_name, file, line)
         score = parse_float(get_cell(cells, c_score, file, line), file, line, header[c_score])
         split = parse_split_tag(get_cell(cells, c_set, file, line), file, line) if c_set is not None else split_of.get(name)
-        entries.append(Entry(name, score, ((root / images, name),), split=split))
+        entries.append(Entry(name, score, ((root / images, name),), split=split, line=line))
     return Labels(root, file, entries, notes=notes, score_range=score_range)
 
 
@@ -338,7 +346,7 @@ def read_flive(root: Path, label: Path | None) -> Labels:
         name = get_cell(cells, c_name, file, line)
         score = parse_float(get_cell(cells, c_score, file, line), file, line, "mos")
         entries.append(Entry(name, score, ((root / "FLIVE", name.rsplit("/", 1)[-1]),
-                                           (root / "database", name), (root, name))))
+                                           (root / "database", name), (root, name)), line=line))
     return Labels(root, file, entries)
 
 
@@ -358,8 +366,10 @@ def read_kadis700k(root: Path, label: Path | None) -> Labels:
     dist, ref_dir = root / "dist_imgs", root / "ref_imgs"
     nan = float("nan")
     entries = []
+    once = Unique(file, "reference")
     for line, cells in rows:
         ref_im = get_cell(cells, c_ref, file, line)
+        once.add(name_key(ref_im), line, repr(ref_im))
         types = []
         for c in (c_t2, c_t1):
             text = cells[c] if c is not None and c < len(cells) else ""
@@ -378,7 +388,7 @@ def read_kadis700k(root: Path, label: Path | None) -> Labels:
             for prefix in prefixes:
                 cands.append((dist, f"{prefix}{level}.bmp"))
                 cands.append((dist, f"{prefix}{level}.png"))
-            entries.append(Entry(cands[0][1], nan, tuple(cands), ref=stem, ref_path=ref_path))
+            entries.append(Entry(cands[0][1], nan, tuple(cands), ref=stem, ref_path=ref_path, line=line))
     return Labels(root, file, entries, notes=["no quality scores (labels are type and level)"])
 
 

@@ -13,6 +13,12 @@
    either type column (so both the official 24-type generation and this project's type-8 rows
    load); an absent distorted image is not an error, a missing reference is.
 
+Every reader checks its label file before anything else: each distorted image (each KADIS
+reference) listed once, types 1..25 and levels 1..5, and every entry inside the `--data` folder
+once `..` and symbolic links are resolved (`data.entries`), unless `allow_outside_root`. The
+references of a `dsmix synthesize` folder may also lie in the references folder that run
+recorded in `D/synthesize.json`.
+
 `PairCropDataset` gives the *same* random crop and flip to a distorted image and its reference
 (METHOD.md section 1, step 5), drawn from `generator(seed, "sample", epoch, index)`.
 """
@@ -20,6 +26,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from dsmix_cli.data.entries import Confinement, Unique, name_key
 from dsmix_cli.dsm.gt import load_gt_map
 from dsmix_cli.engine.data import split_keys
 from dsmix_cli.engine.runtime import generator
@@ -35,6 +43,12 @@ from dsmix_cli.errors import DatasetError, DsmixError
 from dsmix_cli.imageio import is_image_file, load_rgb_tensor
 
 SYNTH_CSV = "dist_imgs.csv"
+# Written by `dsmix synthesize` beside its manifest: {"refs": the references folder, ...}. The
+# manifest's references may lie in that folder as well as in the dataset folder itself.
+SYNTH_RECORD = "synthesize.json"
+# The labels of a pair: KADIS/KADID type 1..25 and level 1..5 (the heads of QEP have 25 + 1 and
+# 5 + 1 classes, class 0 being pristine).
+NUM_TYPES, NUM_LEVELS = 25, 5
 KADID_CSV = "dmos.csv"
 KADIS_CSV = "kadis700k_ref_imgs.csv"
 _KADID_NAME = re.compile(r"^I(\d+)_(\d+)_(\d+)$", re.IGNORECASE)
@@ -72,6 +86,24 @@ def _int_field(row: dict, key: str, path: Path, line: int) -> int:
         raise DatasetError(f"line {line}: {key} {row.get(key)!r} is not an integer", path) from None
 
 
+def _check_label(dist_type: int, level: int, path: Path, line: int) -> None:
+    """A pair's type must be 1..25 and its level 1..5 (else training would fail mid-run)."""
+    if not 1 <= dist_type <= NUM_TYPES:
+        raise DatasetError(f"line {line}: distortion type {dist_type} is not in 1..{NUM_TYPES}", path)
+    if not 1 <= level <= NUM_LEVELS:
+        raise DatasetError(f"line {line}: level {level} is not in 1..{NUM_LEVELS}", path)
+
+
+def _recorded_refs(root: Path) -> tuple[Path, ...]:
+    """The references folder a `dsmix synthesize` run recorded for this folder (if any)."""
+    try:
+        record = json.loads((root / SYNTH_RECORD).read_text(encoding="utf-8"))
+        refs = record.get("refs") if isinstance(record, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ()
+    return (Path(refs),) if isinstance(refs, str) and refs else ()
+
+
 def _check_missing(pairs: list[Pair], where: Path, skip_missing: bool) -> list[Pair]:
     """Drop pairs whose files are absent, or raise naming how many and a few examples."""
     exists: dict[Path, bool] = {}
@@ -92,16 +124,25 @@ def _check_missing(pairs: list[Pair], where: Path, skip_missing: bool) -> list[P
         where)
 
 
-def _load_synthesized(root: Path, csv_path: Path, skip_missing: bool) -> list[Pair]:
+def _load_synthesized(root: Path, csv_path: Path, skip_missing: bool, allow_outside_root: bool) -> list[Pair]:
     rows = _read_csv(csv_path, ("dist_img", "ref_img", "type", "level"))
+    dists = Confinement(root, allow=allow_outside_root, option="the --data folder")
+    refs = Confinement(root, allow=allow_outside_root, option="the --data folder (or the references folder "
+                       f"{SYNTH_RECORD} records)", extra_roots=_recorded_refs(root))
+    once = Unique(csv_path, "distorted image")
     pairs = []
     for i, row in enumerate(rows, start=2):
-        pairs.append(Pair(dist=root / row["dist_img"], ref=root / row["ref_img"],
-                          type=_int_field(row, "type", csv_path, i), level=_int_field(row, "level", csv_path, i)))
+        t, lv = _int_field(row, "type", csv_path, i), _int_field(row, "level", csv_path, i)
+        _check_label(t, lv, csv_path, i)
+        once.add(name_key(row["dist_img"]), i, repr(row["dist_img"]))
+        dist, ref = root / row["dist_img"], root / row["ref_img"]
+        dists.check(dist, csv_path, i, row["dist_img"])
+        refs.check(ref, csv_path, i, row["ref_img"])
+        pairs.append(Pair(dist=dist, ref=ref, type=t, level=lv))
     return _check_missing(pairs, csv_path, skip_missing)
 
 
-def _load_kadid(root: Path, skip_missing: bool) -> list[Pair]:
+def _load_kadid(root: Path, skip_missing: bool, allow_outside_root: bool) -> list[Pair]:
     csv_path = root / KADID_CSV
     rows = _read_csv(csv_path, ("dist_img", "ref_img"))
     dist_dirs = [d for d in (root / "distorted_images", root / "images") if d.is_dir()]
@@ -115,17 +156,26 @@ def _load_kadid(root: Path, skip_missing: bool) -> list[Pair]:
                 return d / name
         return (dirs[0] if dirs else root) / name
 
+    confine = Confinement(root, allow=allow_outside_root, option="the --data folder")
+    once = Unique(csv_path, "distorted image")
     pairs = []
     for i, row in enumerate(rows, start=2):
         m = _KADID_NAME.match(Path(row["dist_img"]).stem)
         if m is None:
             raise DatasetError(f"line {i}: distorted name {row['dist_img']!r} is not IXX_TT_LL.ext", csv_path)
-        pairs.append(Pair(dist=find(row["dist_img"], dist_dirs), ref=find(row["ref_img"], ref_dirs),
-                          type=int(m.group(2)), level=int(m.group(3))))
+        _check_label(int(m.group(2)), int(m.group(3)), csv_path, i)
+        once.add(name_key(row["dist_img"]), i, repr(row["dist_img"]))
+        for column, dirs in (("dist_img", dist_dirs), ("ref_img", ref_dirs)):
+            for d in dirs:
+                confine.check_entry(d, row[column], csv_path, i, row[column])
+        dist, ref = find(row["dist_img"], dist_dirs), find(row["ref_img"], ref_dirs)
+        confine.check(dist, csv_path, i, row["dist_img"])
+        confine.check(ref, csv_path, i, row["ref_img"])
+        pairs.append(Pair(dist=dist, ref=ref, type=int(m.group(2)), level=int(m.group(3))))
     return _check_missing(pairs, root, skip_missing)
 
 
-def _load_kadis(root: Path, skip_missing: bool) -> list[Pair]:
+def _load_kadis(root: Path, skip_missing: bool, allow_outside_root: bool) -> list[Pair]:
     csv_path, ref_dir, dist_dir = root / KADIS_CSV, root / "ref_imgs", root / "dist_imgs"
     if not dist_dir.is_dir():
         raise DatasetError("KADIS-700k layout without dist_imgs/: the archive ships only references; "
@@ -133,46 +183,59 @@ def _load_kadis(root: Path, skip_missing: bool) -> list[Pair]:
                            f"{KADIS_CSV} --out DIR`", root)
     rows = _read_csv(csv_path, ("ref_im", "dist_type_1"))
     present = {p.stem: p for p in dist_dir.iterdir() if is_image_file(p)}
+    confine = Confinement(root, allow=allow_outside_root, option="the --data folder")
+    once = Unique(csv_path, "reference")
     pairs = []
     for i, row in enumerate(rows, start=2):
         stem = Path(row["ref_im"]).stem
+        once.add(name_key(row["ref_im"]), i, repr(row["ref_im"]))
         types = [_int_field(row, "dist_type_1", csv_path, i)]
         if row.get("dist_type_2"):
             types.append(_int_field(row, "dist_type_2", csv_path, i))
+        ref = ref_dir / row["ref_im"]
+        confine.check(ref, csv_path, i, row["ref_im"])
         for t in types:
-            for level in range(1, 6):
+            _check_label(t, 1, csv_path, i)
+            for level in range(1, NUM_LEVELS + 1):
                 found = present.get(f"{stem}_{t:02d}_{level:02d}")
                 if found is not None:
-                    pairs.append(Pair(dist=found, ref=ref_dir / row["ref_im"], type=t, level=level))
+                    confine.check(found, csv_path, i, found.name)
+                    pairs.append(Pair(dist=found, ref=ref, type=t, level=level))
     if not pairs:
         raise DatasetError(f"no distorted image in dist_imgs/ is named <ref-stem>_<tt>_<ll> after a row of "
                            f"{KADIS_CSV} ({len(present)} image files there)", dist_dir)
     return _check_missing(pairs, root, skip_missing)
 
 
-def load_pairs(data_dir: Path, *, skip_missing: bool = False) -> list[Pair]:
+def load_pairs(data_dir: Path, *, skip_missing: bool = False, allow_outside_root: bool = False) -> list[Pair]:
     """All (distorted, reference, type, level) pairs of a dataset folder.
 
     Args:
         data_dir: a `dsmix synthesize` output folder (or its `dist_imgs.csv`), a KADID-10k
             folder, or an official KADIS-700k folder (see the module docstring).
         skip_missing: drop pairs whose image files are absent instead of raising.
+        allow_outside_root: accept entries that lie or resolve (symbolic links followed)
+            outside `data_dir` (for a `dsmix synthesize` folder: outside it and the references
+            folder it records); refused by default.
 
     Raises:
-        DatasetError: an unknown layout, a malformed CSV, missing files (with counts and a few
-            examples) unless `skip_missing`, or no pair at all.
+        DatasetError: an unknown layout, a malformed CSV, an image listed twice, a type outside
+            1..25 or a level outside 1..5, an entry outside the folder (each naming the file and
+            the line), missing files (with counts and a few examples) unless `skip_missing`, or
+            no pair at all.
     """
     data_dir = Path(data_dir)
+    allow = allow_outside_root
     if data_dir.is_file() and data_dir.suffix.lower() == ".csv":
-        pairs = _load_synthesized(data_dir.parent, data_dir, skip_missing)
+        pairs = _load_synthesized(data_dir.parent, data_dir, skip_missing, allow)
     elif not data_dir.is_dir():
         raise DatasetError("dataset folder not found", data_dir)
     elif (data_dir / SYNTH_CSV).is_file():
-        pairs = _load_synthesized(data_dir, data_dir / SYNTH_CSV, skip_missing)
+        pairs = _load_synthesized(data_dir, data_dir / SYNTH_CSV, skip_missing, allow)
     elif (data_dir / KADID_CSV).is_file():
-        pairs = _load_kadid(data_dir, skip_missing)
+        pairs = _load_kadid(data_dir, skip_missing, allow)
     elif (data_dir / KADIS_CSV).is_file():
-        pairs = _load_kadis(data_dir, skip_missing)
+        pairs = _load_kadis(data_dir, skip_missing, allow)
     else:
         raise DatasetError(f"not a pairs folder: expected {SYNTH_CSV} (dsmix synthesize), {KADID_CSV} "
                            f"(KADID-10k) or {KADIS_CSV} with ref_imgs/ and dist_imgs/ (KADIS-700k)", data_dir)

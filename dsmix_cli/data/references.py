@@ -31,14 +31,20 @@ from dsmix_cli.imageio import is_image_file, load_rgb_tensor, to_float, to_uint8
 RESCALE_MODES = ("image", "crop")
 
 
-def list_references(folder: Path, option: str = "--refs") -> list[Path]:
-    """The image files under `folder` (recursively, sorted); a `DatasetError` when there are none."""
+def list_references(folder: Path, option: str = "--refs", info: Callable[[str], None] = lambda _m: None) -> list[Path]:
+    """The image files under `folder` (recursively, sorted, each file once, links to folders not
+    followed: `paths.walk_files`; what is skipped goes to `info`); a `DatasetError` naming
+    `option` when there are none."""
+    from dsmix_cli.paths import walk_files
+
     if not Path(folder).is_dir():
         raise DatasetError(f"{option}: not a folder", folder)
-    paths = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
-    if not paths:
+    walk = walk_files(Path(folder), is_image_file)
+    for line in walk.skipped:
+        info(line)
+    if not walk.files:
         raise DatasetError(f"{option}: no image files found", folder)
-    return paths
+    return sorted(walk.files)  # Path order: a resumed run keeps its references' order
 
 
 def split_references(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:

@@ -1,4 +1,4 @@
-"""Train/val/test splits and score normalisation (METHOD.md section 5, DATASETS.md section 3).
+"""Train/val/test splits and score normalisation (docs/probing.md, docs/datasets.md).
 
 Random splits are drawn by reference for synthetic sets (no reference, and so no scene, is in
 both train and test) and by image for authentic ones. Split `i` of seed `s` is the permutation
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -96,6 +97,38 @@ def make_splits(dataset: Dataset, n_splits: int = 10, train_ratio: float = 0.8,
     return splits
 
 
+def carve_validation(dataset: Dataset, split: Split, fraction: float = 0.125, seed: int = 0) -> Split:
+    """A split whose validation part is carved from its *training* side (never its test side).
+
+    For a split without a validation part: `fraction` of its training groups (references for a
+    synthetic set, else images; 1/8 makes 80/20 into 70/10/20), at least one group and at least
+    two images, drawn from `derive_seed(seed, "val", split.index)`. The test part is unchanged.
+    A split that already has a validation part is returned as is.
+
+    Raises:
+        DsmixError: too few training images to hold out two and keep two.
+    """
+    if split.val:
+        return split
+    groups, group_of = split_groups(dataset)
+    train_groups = sorted({group_of[i] for i in split.train})
+    rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "val", split.index)))
+    order = [train_groups[k] for k in rng.permutation(len(train_groups))]
+    size = {g: 0 for g in train_groups}
+    for i in split.train:
+        size[group_of[i]] += 1
+    k = max(1, _count(fraction, len(train_groups)))
+    while sum(size[g] for g in order[:k]) < 2 and k < len(order) - 1:
+        k += 1
+    held = set(order[:k])
+    val = [i for i in split.train if group_of[i] in held]
+    fit = [i for i in split.train if group_of[i] not in held]
+    if len(val) < 2 or len(fit) < 2:
+        raise DsmixError(f"{dataset.name}: split {split.index} has {len(split.train)} training images, too few "
+                         "to carve a validation part from them")
+    return Split(split.index, fit, val, split.test)
+
+
 def official_split(dataset: Dataset) -> Split:
     """The split the data carries (KonIQ `set`, pyiqa `official_split`, a CSV `split` column).
 
@@ -128,7 +161,7 @@ def column_splits(dataset: Dataset, prefix: str = "ratio802_seed123_split_") -> 
 @dataclass(frozen=True)
 class ScoreNormaliser:
     """Min-max scaling of raw labels to [0, 1] with training-split statistics, flipped for
-    lower-is-better labels so that 1 is always the best quality (METHOD.md section 5).
+    lower-is-better labels so that 1 is always the best quality.
 
     Test scores outside the training range map outside [0, 1]; nothing is clipped.
     """
@@ -138,17 +171,21 @@ class ScoreNormaliser:
     lower_better: bool
 
     @classmethod
-    def fit(cls, raw_train_scores, lower_better: bool) -> "ScoreNormaliser":
+    def fit(cls, raw_train_scores, lower_better: bool, source: str | Path | None = None) -> "ScoreNormaliser":
         """Fit on the raw scores of the training split (NaN ignored).
 
+        Args:
+            source: the label file the scores come from, named in the error.
+
         Raises:
-            DsmixError: fewer than two distinct finite scores.
+            DatasetError: fewer than two distinct finite scores.
         """
         raw = np.asarray(raw_train_scores, dtype=np.float64).ravel()
         raw = raw[np.isfinite(raw)]
         if raw.size == 0 or raw.max() <= raw.min():
-            raise DsmixError("cannot normalise scores: the training split needs at least two "
-                             "different finite scores")
+            found = "no finite score" if raw.size == 0 else f"every score is {raw.min():g}"
+            raise DatasetError("cannot normalise scores: the training split needs at least two "
+                               f"different finite scores ({found})", source)
         return cls(float(raw.min()), float(raw.max()), bool(lower_better))
 
     def apply(self, raw):

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from dsmix_cli.distortions import _random, blur, color, compression, noise, spatial, tone
+from dsmix_cli.distortions import _matlab, _random, blur, color, compression, noise, spatial, tone
 from dsmix_cli.distortions._matlab import mapmm
 from dsmix_cli.distortions.denoise import denoiser_name, set_denoiser
 
@@ -34,7 +34,7 @@ NUM_LEVELS = 5
 
 @dataclass(frozen=True)
 class DistortionType:
-    """One row of the KADID table (DISTORTIONS.md §1.2).
+    """One row of the KADID table (docs/distortions.md).
 
     Attributes:
         number: the KADID type number (1-25).
@@ -50,6 +50,8 @@ class DistortionType:
             image), so a crop can be given its whole image's (`fn(..., histogram=...)`).
         pointwise: each output value is a monotone function of the same input value alone, so
             an image spanning [0, 1] comes out spanning [fn(0), fn(1)] (`crop_out_range`).
+        shared: optional `fn(x1, values) -> [tensor per value]` for one image at several
+            levels at once, cheaper than one call per level (JPEG2000: one encoding).
     """
 
     number: int
@@ -63,6 +65,7 @@ class DistortionType:
     monotone: bool = True
     histogram: bool = False
     pointwise: bool = False
+    shared: Callable | None = None
 
 
 _T = DistortionType
@@ -77,7 +80,8 @@ TYPES: dict[int, DistortionType] = {t.number: t for t in (
     _T(7, "color_saturation_hsv", "imcolorsaturate", "factor", (0.4, 0.2, 0.1, 0, -0.4),
        color.color_saturation_hsv),
     _T(8, "color_saturation_lab", "imsaturate", "factor", (1, 2, 3, 6, 9), color.color_saturation_lab),
-    _T(9, "jpeg2000", "imcompressjp2k", "ratio", (16, 32, 45, 120, 400), compression.jpeg2000, cpu_only=True),
+    _T(9, "jpeg2000", "imcompressjp2k", "ratio", compression.JPEG2000_RATIOS, compression.jpeg2000, cpu_only=True,
+       shared=compression.jpeg2000_shared),
     _T(10, "jpeg", "imcompressjpeg", "quality", (43, 36, 24, 7, 4), compression.jpeg),
     _T(11, "white_noise", "imnoisegauss", "variance", (0.001, 0.002, 0.003, 0.005, 0.01),
        noise.white_noise, random=True),
@@ -112,6 +116,10 @@ MONOTONE_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.mono
 HISTOGRAM_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.histogram)
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+
+# Types whose function never writes into the tensor it is given (the others work in place on
+# a buffer of their own, so the dispatcher hands them a copy when the first rescale is the identity).
+_READ_ONLY = frozenset({1, 2, 3, 4, 5, 12, 16, 17, 18, 19, 21, 22, 25})
 
 
 def _check(dist_type: int, level: int) -> DistortionType:
@@ -175,23 +183,70 @@ def crop_out_range(types: Sequence[int], levels: Sequence[int], device: torch.de
     return out
 
 
+def _pipeline(x: torch.Tensor, spec: DistortionType, values: list[float], gens: Generators, mapmm_: bool,
+              in_range: torch.Tensor | None, out_range: torch.Tensor | None, out: torch.Tensor,
+              histogram: torch.Tensor | None = None) -> None:
+    """`mapmm`, the distortion, `mapmm` and the clip to [0, 1] of a float32 batch, written into `out`.
+
+    The distortion functions may overwrite the buffer they are given (it is always a new one).
+    """
+    own = spec.number not in _READ_ONLY
+    if mapmm_:
+        y = _matlab.mapmm_(x, in_range, out=torch.empty_like(x) if own else None, copy=own)
+    else:
+        y = x.clone() if own else x
+    y = spec.fn(y, values, gens) if histogram is None else spec.fn(y, values, gens, histogram=histogram)
+    if not mapmm_:
+        torch.clamp(y, 0.0, 1.0, out=out)
+        return
+    _matlab.mapmm_(y, out_range, out=out, clip=True)
+
+
+def _one_image(y: torch.Tensor, in_range: torch.Tensor | None) -> bool:
+    """Whether every image of the batch is the same image with the same first rescale."""
+    same = all(torch.equal(y[0], y[i]) for i in range(1, y.shape[0]))
+    return same and (in_range is None or bool((in_range == in_range[:1]).all()))
+
+
 def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator: Generators,
          mapmm_: bool, in_range: torch.Tensor | None = None, out_range: torch.Tensor | None = None,
          histogram: torch.Tensor | None = None) -> torch.Tensor:
+    """One type on a batch: on the CPU image by image (each image's working set stays in the
+    cache, so a batch is never slower per image than a single image); elsewhere batched."""
     device, dtype = x.device, x.dtype
+    b = x.shape[0]
+    values = [float(spec.levels[lv - 1]) for lv in levels]
+    gens = _random.split(generator, b)
     y = x.float()
     if spec.cpu_only:
         y = y.cpu()
-    if mapmm_:
-        y = mapmm(y, in_range)
-    values = [float(spec.levels[lv - 1]) for lv in levels]
-    if spec.histogram and histogram is not None:
-        y = spec.fn(y, values, generator, histogram=histogram)
-    else:
-        y = spec.fn(y, values, generator)
-    if mapmm_:
-        y = mapmm(y, out_range)
-    return y.clamp(0.0, 1.0).to(device=device, dtype=dtype)
+    rows = {"in": in_range, "out": out_range}
+    for k, r in rows.items():
+        if r is not None:
+            rows[k] = torch.as_tensor(r).to(device=y.device, dtype=torch.float32).reshape(b, 2)
+    hist = None
+    if spec.histogram and histogram is not None:  # the crops' whole-image histograms (type 22)
+        hist = torch.as_tensor(histogram).to(device=y.device).reshape(b, -1)
+    if y.device.type != "cpu":
+        out = torch.empty_like(y)
+        _pipeline(y, spec, values, gens, mapmm_, rows["in"], rows["out"], out, hist)
+        return out.to(device=device, dtype=dtype)
+    work = torch.empty(y.shape, dtype=torch.float32)
+    if spec.shared is not None and hist is None and b > 1 and len(set(values)) > 1 and _one_image(y, rows["in"]):
+        first = _matlab.mapmm_(y[:1], None if rows["in"] is None else rows["in"][:1],
+                               out=torch.empty_like(y[:1])) if mapmm_ else y[:1].clone()
+        for i, z in enumerate(spec.shared(first, values)):
+            if mapmm_:
+                _matlab.mapmm_(z, None if rows["out"] is None else rows["out"][i:i + 1], out=work[i:i + 1], clip=True)
+            else:
+                torch.clamp(z, 0.0, 1.0, out=work[i:i + 1])
+        return work.to(device=device, dtype=dtype)
+    for i in range(b):
+        sl = slice(i, i + 1)
+        _pipeline(y[sl], spec, values[sl], _random.subset(gens, [i]), mapmm_,
+                  None if rows["in"] is None else rows["in"][sl], None if rows["out"] is None else rows["out"][sl],
+                  work[sl], None if hist is None else hist[sl])
+    return work.to(device=device, dtype=dtype)
 
 
 def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators = None,
@@ -204,8 +259,10 @@ def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators =
         dist_type: 1..25 (KADID order, `TYPE_NAMES`).
         level: 1..5 (the dispatcher's table, `TYPES[t].levels`).
         generator: the only source of randomness: one `torch.Generator` for the batch, or one
-            per image (then an image's output does not depend on its batch mates). Draws are
-            made on the generator's device and moved to `x.device`. None uses torch's global RNG.
+            per image (then an image's output does not depend on its batch mates). A single
+            generator for several images first draws one seed per image (`_random.split`).
+            Draws are made on the generator's device and moved to `x.device`. None uses
+            torch's global RNG.
         mapmm: apply the dispatcher's global min-max rescale before and after (default, as
             MATLAB); off, the distortion sees `x` as is and the result is clipped to [0, 1].
         in_range: optional (B, 2) (min, max) per image for the first rescale, instead of each
@@ -234,12 +291,13 @@ def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, ge
         x: (B, 3, H, W) float images in [0, 1].
         types: (B,) 1-based type numbers.
         levels: (B,) 1-based levels.
-        generator: as in `distort`; a single generator is drawn from type by type in
-            increasing type order, a list gives each image its own.
+        generator: as in `distort`: a list gives each image its own; a single generator
+            first draws one seed per image, in image order (`_random.split`).
         mapmm, in_range, out_range, histogram: as in `distort` (one row per image).
 
     Returns:
-        The distorted batch (x's shape, dtype and device).
+        The distorted batch (x's shape, dtype and device). A batch of one type goes through
+        without being gathered and scattered.
     """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
@@ -249,6 +307,9 @@ def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, ge
         raise ValueError("types and levels need one entry per image")
     for t, lv in zip(t_list, l_list):
         _check(t, lv)
+    generator = _random.split(generator, x.shape[0])
+    if len(set(t_list)) == 1:
+        return _run(x, TYPES[t_list[0]], l_list, generator, mapmm, in_range, out_range, histogram)
     out = torch.empty_like(x)
     for t in sorted(set(t_list)):
         idx = [i for i, u in enumerate(t_list) if u == t]

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from dsmix_cli.distortions import _random
-from dsmix_cli.distortions._colorspace import lab2rgb, rgb2lab
+from dsmix_cli.distortions._colorspace import labf2rgb, rgb2labf
 from dsmix_cli.distortions._matlab import (
     apply_per_value,
     fspecial_disk,
@@ -51,11 +51,19 @@ def high_sharpen(x: torch.Tensor, amount: Amount, generator: _random.Gen = None)
 
     Unsharp mask on the Lab lightness: L + a * (L - G_σ=3 * L), Gaussian 13x13 with replicate
     padding; back to RGB and clipped to [0, 1]; a = 1, 2, 3, 6, 12.
+
+    Computed on the cube-root stage (fx, fy, fz) of L*a*b* (L = 116 fy - 16, a* and b* are
+    differences of fx, fy, fz): the Gaussian's weights sum to 1, so the mask adds
+    d = a * (fy - G * fy) to fy, and to fx and fz to keep a* and b*.
     """
     b = x.shape[0]
-    amounts = torch.as_tensor(per_sample(amount, b), dtype=x.dtype, device=x.device).view(b, 1, 1, 1)
-    lab = rgb2lab(x)
-    light = lab[:, 0:1]
-    blurred = gaussian_filter(light, 3.0, gaussian_size(3.0))
-    lab = torch.cat([light + amounts * (light - blurred), lab[:, 1:]], dim=1)
-    return lab2rgb(lab).clamp(0.0, 1.0)
+    amounts = per_sample(amount, b)
+    f = rgb2labf(x, inplace=True)
+    fy = f[:, 1:2]
+    d = torch.sub(fy, gaussian_filter(fy, 3.0, gaussian_size(3.0)))
+    if len(set(amounts)) == 1:
+        d.mul_(amounts[0])
+    else:
+        d.mul_(torch.as_tensor(amounts, dtype=x.dtype, device=x.device).view(b, 1, 1, 1))
+    f.add_(d)
+    return labf2rgb(f, inplace=True).clamp_(0.0, 1.0)

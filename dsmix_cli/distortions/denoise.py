@@ -16,10 +16,12 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsmix_cli.distortions import _filters
 from dsmix_cli.engine.checkpoint import load_state_dict_file
 from dsmix_cli.errors import CheckpointError
 
@@ -30,17 +32,17 @@ def wiener_denoise(x: torch.Tensor, noise_var: torch.Tensor, radius: int) -> tor
     """MATLAB `wiener2(I, [2r+1 2r+1], noise)` on every channel (replicate border).
 
     out = μ + max(σ² - ν, 0) / max(σ², ν) * (I - μ), μ and σ² the local mean and variance in
-    the window, ν the noise variance (per image, shape (B,)).
+    the window, ν the noise variance (per image, shape (B,)). The two window means are one
+    separable box filter over the stacked image and its square (`_filters`).
     """
     b, c, h, w = x.shape
     k = 2 * radius + 1
-    xp = F.pad(x, (radius,) * 4, mode="replicate")
-    mean = F.avg_pool2d(xp, k, stride=1)
-    mean_sq = F.avg_pool2d(xp * xp, k, stride=1)
-    var = (mean_sq - mean * mean).clamp_min(0)
+    stats = _filters.correlate_separable(torch.cat([x, x * x], dim=1), np.full(k, 1.0 / k))
+    mean, mean_sq = stats[:, :c], stats[:, c:]
+    var = mean_sq.sub_(mean * mean).clamp_min_(0)
     nv = noise_var.to(x.dtype).view(b, 1, 1, 1)
-    gain = (var - nv).clamp_min(0) / torch.maximum(var, nv).clamp_min(1e-12)
-    return mean + gain * (x - mean)
+    gain = (var - nv).clamp_min_(0).div_(torch.maximum(var, nv).clamp_min_(1e-12))
+    return gain.mul_(x - mean).add_(mean)
 
 
 def substitute_radius(noise_var: float) -> int:

@@ -59,6 +59,12 @@ def non_eccentricity_patch(x: torch.Tensor, count: Amount, generator: _random.Ge
     c0 = (u[..., 1] * (w - pw - 2 * mw)).round().long() + mw
     r1 = (r0 + ((u[..., 2] - 0.5) * PATCH_RADIUS).round().long()).clamp(0, h - ph)
     c1 = (c0 + ((u[..., 3] - 0.5) * PATCH_RADIUS).round().long()).clamp(0, w - pw)
+    if x.device.type == "cpu":  # plain slice copies, one image at a time, in place
+        pos = torch.stack([r0, c0, r1, c1], dim=-1).tolist()
+        for i in range(b):
+            for a, bb, cc, d in pos[i][: counts[i]]:
+                x[i, :, cc:cc + ph, d:d + pw] = x[i, :, a:a + ph, bb:bb + pw].clone()
+        return x
     ar_h = torch.arange(ph, device=x.device)
     ar_w = torch.arange(pw, device=x.device)
     y = x.clone()
@@ -96,10 +102,11 @@ def pixelate(x: torch.Tensor, strength: Amount, generator: _random.Gen = None) -
     def one(xs: torch.Tensor, s: float) -> torch.Tensor:
         z = 0.95 - s ** 0.6
         lh, lw = max(1, math.ceil(z * h)), max(1, math.ceil(z * w))
-        down = xs[:, :, _nearest_index(lh, h, lh / h, xs.device)][:, :, :, _nearest_index(lw, w, lw / w, xs.device)]
-        rows = _nearest_index(h, lh, h / lh, xs.device)
-        cols = _nearest_index(w, lw, w / lw, xs.device)
-        return down[:, :, rows][:, :, :, cols]
+        # down then up, composed into one source row and one source column per output pixel
+        rows = _nearest_index(lh, h, lh / h, xs.device)[_nearest_index(h, lh, h / lh, xs.device)]
+        cols = _nearest_index(lw, w, lw / w, xs.device)[_nearest_index(w, lw, w / lw, xs.device)]
+        y = xs.index_select(2, rows)  # whole rows: a cheap copy
+        return y.gather(3, cols.view(1, 1, 1, -1).expand_as(y))  # gather beats index_select on columns
 
     return apply_per_value(x, per_sample(strength, x.shape[0]), one)
 
@@ -115,6 +122,14 @@ def color_block(x: torch.Tensor, count: Amount, generator: _random.Gen = None) -
     r0 = torch.floor(u[..., 0] * (h - bh + 1)).long().clamp(0, h - bh)
     c0 = torch.floor(u[..., 1] * (w - bw + 1)).long().clamp(0, w - bw)
     colour = u[..., 2:5].to(x.dtype)
+    if x.device.type == "cpu":  # plain slice fills, one image at a time, in place
+        pos = torch.stack([r0, c0], dim=-1).tolist()
+        cols = colour.tolist()
+        for i in range(b):
+            for (a, bb), rgb in list(zip(pos[i], cols[i]))[: counts[i]]:
+                for ch in range(c):
+                    x[i, ch, a:a + bh, bb:bb + bw] = rgb[ch]
+        return x
     ar_h = torch.arange(bh, device=x.device)
     ar_w = torch.arange(bw, device=x.device)
     y = x.clone()

@@ -56,6 +56,19 @@ def contrast_change(x: torch.Tensor, amount: Amount, generator: _random.Gen = No
                            lambda xs, a: curves(xs, knots, (0.0, 0.25 - a / 4, 0.5, 0.75 + a / 4, 1.0)))
 
 
+def _bins8(x: torch.Tensor) -> torch.Tensor:
+    """Each value's 256-bin histogram index, round(255 x) clipped to 0..255, as (B, N) int64."""
+    return x.reshape(x.shape[0], -1).mul(255).round_().clamp_(0, 255).long()
+
+
+def _histograms(idx: torch.Tensor, dt: torch.dtype, bins: int = 256) -> torch.Tensor:
+    b = idx.shape[0]
+    if b == 1:
+        return torch.bincount(idx.view(-1), minlength=bins).view(1, bins).to(dt)
+    offset = torch.arange(b, device=idx.device).view(b, 1) * bins
+    return torch.bincount((idx + offset).flatten(), minlength=b * bins).view(b, bins).to(dt)
+
+
 def value_histogram(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
     """The `bins`-bin histogram of all the values (every channel) of each image, binned as
     `multithresh` bins them: bin = round(value * (bins - 1)).
@@ -66,10 +79,9 @@ def value_histogram(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
     Returns:
         (B, bins) float64 counts (float32 on MPS).
     """
-    b = x.shape[0]
     dt = torch.float64 if x.device.type != "mps" else torch.float32
-    idx = (x.reshape(b, -1) * (bins - 1)).round().clamp(0, bins - 1).long()
-    return torch.zeros(b, bins, dtype=dt, device=x.device).scatter_add_(1, idx, torch.ones_like(idx, dtype=dt))
+    idx = x.reshape(x.shape[0], -1).mul(bins - 1).round().clamp_(0, bins - 1).long()
+    return _histograms(idx, dt, bins)
 
 
 def multithresh(x: torch.Tensor, n: int, bins: int = 256, histogram: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,44 +93,51 @@ def multithresh(x: torch.Tensor, n: int, bins: int = 256, histogram: torch.Tenso
     Args:
         x: (B, C, H, W) in [0, 1].
         n: number of thresholds.
-        histogram: optional (B, bins) counts to partition instead of x's own (`value_histogram`
-            of the whole image a crop comes from: MATLAB thresholds the whole image).
+        histogram: optional (B, bins) counts to threshold instead of x's own (the whole
+            image's, for a crop).
 
     Returns:
         (B, n) int64 bin indices: class k holds bins (t[k-1], t[k]].
     """
-    b = x.shape[0]
-    dev = x.device
-    dt = torch.float64 if dev.type != "mps" else torch.float32
-    if histogram is None:
-        hist = value_histogram(x, bins)
-    else:
-        hist = torch.as_tensor(histogram, device=dev).to(dt).reshape(b, bins)
+    dt = torch.float64 if x.device.type != "mps" else torch.float32
+    if histogram is not None:
+        return _multithresh_hist(torch.as_tensor(histogram, device=x.device).to(dt).reshape(x.shape[0], bins), n)
+    return _multithresh_hist(value_histogram(x, bins), n)
+
+
+def _multithresh_hist(hist: torch.Tensor, n: int) -> torch.Tensor:
+    """`multithresh` from (B, bins) histograms.
+
+    score[j, i] = S^2 / W of a class spanning bins i..j (W its count, S the sum of its bin
+    indices; 0 when empty, -inf when i > j). best_k[j] is the largest sum of scores of k + 1
+    classes covering bins 0..j; each step maximises over the last class's first bin along the
+    contiguous axis (the first maximum wins a tie).
+    """
+    b, bins = hist.shape
+    dev, dt = hist.device, hist.dtype
     levels = torch.arange(bins, dtype=dt, device=dev)
     zero = torch.zeros(b, 1, dtype=dt, device=dev)
     pm = torch.cat([zero, hist.cumsum(1)], dim=1)  # pm[j] = count of bins < j
     sm = torch.cat([zero, (hist * levels).cumsum(1)], dim=1)
-    # score[i, j] = S^2 / W of a class spanning bins i..j (0 for an empty class)
-    w = pm[:, None, 1:] - pm[:, :-1, None]
-    s = sm[:, None, 1:] - sm[:, :-1, None]
+    w = pm[:, 1:, None] - pm[:, None, :-1]  # [j, i]: bins i..j
+    s = sm[:, 1:, None] - sm[:, None, :-1]
     score = torch.where(w > 0, s * s / w.clamp_min(1e-12), torch.zeros_like(w))
     ii = torch.arange(bins, device=dev)
-    valid = ii[:, None] <= ii[None, :]
-    neg = torch.tensor(float("-inf"), dtype=dt, device=dev)
-    score = torch.where(valid, score, neg)
-    best = score[:, 0, :]  # best[j]: first classes end at bin j, one class so far
-    back = []
-    # next class spans bins i+1..j after a partition ending at i (i < j)
-    step = torch.cat([score[:, 1:, :], torch.full((b, 1, bins), float("-inf"), dtype=dt, device=dev)], dim=1)
+    score.masked_fill_(ii[None, :] > ii[:, None], float("-inf"))
+    best = score[:, :, 0]  # best[j]: first classes end at bin j, one class so far
+    # next class spans bins i+1..j after a partition ending at i (i < j): step[j, i] = score[j, i + 1]
+    step = torch.cat([score[:, :, 1:], torch.full((b, bins, 1), float("-inf"), dtype=dt, device=dev)], dim=2)
+    bests = [best]
+    buf = torch.empty_like(step)
     for _ in range(n):
-        cand = best[:, :, None] + step  # (B, i, j)
-        best, arg = cand.max(dim=1)
-        back.append(arg)
-    # backtrack from the last bin
+        best = torch.add(bests[-1][:, None, :], step, out=buf).amax(dim=2)
+        bests.append(best)
+    # backtrack from the last bin: the partition before each class end j is the first maximiser
     thresholds = []
+    rows = torch.arange(b, device=dev)
     j = torch.full((b,), bins - 1, dtype=torch.long, device=dev)
-    for arg in reversed(back):
-        j = arg.gather(1, j[:, None]).squeeze(1)
+    for k in range(n, 0, -1):
+        j = (bests[k - 1] + step[rows, j]).argmax(dim=1)
         thresholds.append(j)
     return torch.stack(thresholds[::-1], dim=1)
 
@@ -128,19 +147,29 @@ def quantization(x: torch.Tensor, levels: Amount, generator: _random.Gen = None,
     """Type 22, MATLAB `imnoisequantize(im, n)`: thr = `multithresh(im, n)` over all channels,
     then `imquantize(im, thr, [0, thr(2:end), 1])`; n = 20, 16, 13, 10, 7.
 
-    `histogram` (B, 256), optional: the thresholds come from these counts (the whole image's,
-    for a crop) instead of from x's own values."""
-    ns = [int(v) for v in per_sample(levels, x.shape[0])]
-    out = torch.empty_like(x)
-    for n in sorted(set(ns)):
-        idx = [i for i, v in enumerate(ns) if v == n]
-        rows = torch.as_tensor(idx, device=x.device)
-        xs = x[rows]
+    Both steps work on the values' 256-bin indices: one histogram for the thresholds, then a
+    256-entry table (each bin's output value) looked up once per value. `histogram` (B, 256),
+    optional: the thresholds come from these counts (the whole image's, for a crop) instead of
+    from x's own values.
+    """
+    ns = per_sample(levels, x.shape[0])
+
+    def one(xs: torch.Tensor, n: float, hist: torch.Tensor | None = None) -> torch.Tensor:
+        n = int(n)
         b = xs.shape[0]
-        thr_bins = multithresh(xs, n, histogram=None if histogram is None else torch.as_tensor(histogram)[idx])
+        dt = torch.float64 if xs.device.type != "mps" else torch.float32
+        idx = _bins8(xs)
+        counts = _histograms(idx, dt) if hist is None else torch.as_tensor(hist, device=xs.device).to(dt).reshape(b, 256)
+        thr_bins = _multithresh_hist(counts, n)  # (B, n)
         thr = thr_bins.to(xs.dtype) / 255.0
         values = torch.cat([torch.zeros_like(thr[:, :1]), thr[:, 1:], torch.ones_like(thr[:, :1])], dim=1)
-        bins = (xs * 255).round().clamp(0, 255).long().reshape(b, -1)
-        cls = torch.searchsorted(thr_bins.contiguous(), bins.contiguous())  # thresholds below each bin
-        out[rows] = values.gather(1, cls).view_as(xs)
+        every = torch.arange(256, device=xs.device).expand(b, 256).contiguous()
+        table = values.gather(1, torch.searchsorted(thr_bins.contiguous(), every))  # (B, 256)
+        return table.gather(1, idx).view_as(xs)
+
+    if histogram is None:
+        return apply_per_value(x, ns, one)
+    out = torch.empty_like(x)
+    for i, n in enumerate(ns):  # each crop with its own whole image's histogram
+        out[i:i + 1] = one(x[i:i + 1], n, torch.as_tensor(histogram)[i:i + 1])
     return out

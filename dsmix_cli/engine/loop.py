@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from dsmix_cli.engine.checkpoint import export_weights, load_checkpoint, save_checkpoint
+from dsmix_cli.engine.resume import check_resume_config
 from dsmix_cli.engine.runtime import DistInfo, all_reduce_mean, autocast, barrier, derive_seed, generator
 from dsmix_cli.errors import CheckpointError, TrainingError
-from dsmix_cli.fileio import write_text
+from dsmix_cli.fileio import remove_stale_temporaries, write_text
 
 # Set to a folder to make every rank export its final weights there (rank<N>.safetensors).
 DUMP_ENV = "DSMIX_DUMP_RANK_WEIGHTS"
@@ -123,7 +124,8 @@ def fit(
     Args:
         run_dir: the run folder (checkpoints and `metrics.jsonl` go here; rank 0 writes).
         kind: the stage name stored in checkpoints and checked on resume.
-        config: the resolved config saved inside every checkpoint.
+        config: the resolved config saved inside every checkpoint. With `resume`, it must match
+            the checkpoint's config in every field but the run-control ones (`engine.resume`).
         model: the trainable module, already on `device`. Wrapped in DDP when distributed.
         optimizer, scheduler: built on `model`'s parameters; the scheduler is stepped once per
             optimizer step.
@@ -145,6 +147,7 @@ def fit(
     run_dir = Path(run_dir)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)  # what a kill -9 during a checkpoint write left
     metrics_path = run_dir / "metrics.jsonl"
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     scaler = torch.amp.GradScaler(device.type, enabled=(loop.amp == "fp16"))
@@ -155,6 +158,7 @@ def fit(
         if not last_path.exists():
             raise CheckpointError("--resume: no last.pt in the run folder (nothing to resume)", run_dir)
         ckpt = load_checkpoint(last_path, kind=kind)
+        check_resume_config(ckpt.get("config") or {}, config, last_path)  # the stage checked too; this guards all
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

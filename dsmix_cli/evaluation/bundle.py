@@ -18,50 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from dsmix_cli.data.splits import ScoreNormaliser
 from dsmix_cli.engine.checkpoint import export_weights, load_state_dict_strict, load_weights
 from dsmix_cli.errors import CheckpointError
+from dsmix_cli.evaluation.heads import QualityHead
 from dsmix_cli.models.encoders import Encoder, load_encoder
 
 BUNDLE_FILE = "model.safetensors"
 BUNDLE_KIND = "probe-model"
-
-
-class QualityHead(nn.Module):
-    """The probe's regression head: feature_dim -> hidden -> ReLU -> 1 (METHOD.md section 5 [R]).
-
-    The input is first standardised with per-dimension mean and std of the training features
-    (buffers, fixed before training; identity until `set_feature_stats` is called), as the
-    MAE/MoCo v3 linear probes do with a BatchNorm without affine parameters: frozen features of
-    a random or semantic encoder sit in a narrow range, and the head then trains in far fewer
-    steps. With `standardize=False` the buffers stay at 0/1.
-    """
-
-    def __init__(self, feature_dim: int, hidden: int = 1024):
-        super().__init__()
-        self.feature_dim, self.hidden = int(feature_dim), int(hidden)
-        self.register_buffer("feature_mean", torch.zeros(self.feature_dim))
-        self.register_buffer("feature_std", torch.ones(self.feature_dim))
-        self.mlp = nn.Sequential(nn.Linear(self.feature_dim, self.hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(self.hidden, 1))
-
-    @torch.no_grad()
-    def set_feature_stats(self, features: torch.Tensor, eps: float = 1e-5) -> None:
-        """Standardise inputs with the mean and sqrt(var + eps) of `features` (n, feature_dim)."""
-        f = features.reshape(-1, self.feature_dim).to(self.feature_mean.device, torch.float32)
-        self.feature_mean.copy_(f.mean(0))
-        self.feature_std.copy_(torch.sqrt(f.var(0, unbiased=False) + eps))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(..., feature_dim) -> (...) predicted normalised quality."""
-        return self.mlp((features - self.feature_mean) / self.feature_std).squeeze(-1)
-
-    @torch.no_grad()
-    def predict_views(self, features: torch.Tensor) -> torch.Tensor:
-        """Average of the predictions over views: (B, V, feature_dim) -> (B,) (the 5-crop test)."""
-        return self(features.to(next(self.parameters()).device, torch.float32)).mean(dim=1)
+__all__ = ["BUNDLE_FILE", "BUNDLE_KIND", "ProbedModel", "QualityHead", "bundle_path", "load_bundle", "save_bundle"]
 
 
 @dataclass

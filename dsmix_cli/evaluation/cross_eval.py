@@ -1,4 +1,4 @@
-"""Cross-dataset evaluation (METHOD.md section 6, the Re-IQA protocol; DSMix Tab. 4).
+"""Cross-dataset evaluation (the Re-IQA protocol, as the DSMix paper's Tab. 4 uses it).
 
 The head is trained with the probe's recipe on the *whole* source dataset (no split; the
 source's epochs by default), then tested on the *whole* target dataset with the 5-crop average,
@@ -21,10 +21,14 @@ from dsmix_cli.data.splits import ScoreNormaliser
 from dsmix_cli.engine.runtime import resolve_device, seed_everything
 from dsmix_cli.errors import DsmixError, TrainingError
 from dsmix_cli.evaluation.bundle import save_bundle
+from dsmix_cli.evaluation.features import (FeatureCache, default_cache_dir, drop_unreadable, extract_features,
+                                           fresh_view_sampler)
+from dsmix_cli.evaluation.heads import cached_view_sampler, correlation_row, train_head
+from dsmix_cli.evaluation.protocols import default_epochs, resolve_resize
 from dsmix_cli.fileio import write_json
 from dsmix_cli.models.encoders import load_encoder
-from dsmix_cli.stages.probe import (DEFAULT_TRAIN_VIEWS, cached_view_sampler, correlation_row, default_epochs,
-                                    drop_unreadable, extract, fresh_view_sampler, train_head)
+
+DEFAULT_TRAIN_VIEWS = 4
 
 
 @dataclass
@@ -49,19 +53,25 @@ class CrossEvalConfig:
     hidden: int = 1024
     feature_norm: bool = True
     image_size: int = 224
+    resize: str = "auto"  # auto: each dataset's protocol size (KonIQ 512x384); none; or WxH
     device: str = "auto"
     seed: int = 0
     workers: int = 0
+    allow_outside_root: bool = False  # accept label entries that resolve outside the dataset folders
+    feature_cache: bool = True
+    cache_dir: str | None = None  # None: $DSMIX_HOME/feature-cache
 
 
 def run_cross_eval(cfg: CrossEvalConfig, on_progress: Callable[[str, int, int], None] | None = None,
-                   on_info: Callable[[str], None] | None = None) -> dict:
+                   on_info: Callable[[str], None] | None = None,
+                   on_warn: Callable[[str], None] | None = None) -> dict:
     """Train a head on all of `cfg.train`, test it on all of `cfg.test`; write `out/results.json`.
 
     Returns:
         `{"srcc", "plcc", "krcc", "plcc_logistic", "n", "train", "test", "n_train", "encoder", ...}`.
     """
     say = on_info or (lambda _m: None)
+    warn = on_warn or say
     tick = on_progress or (lambda *_a: None)
     if cfg.train_views < 1 and not cfg.fresh_crops:
         raise DsmixError("--train-views must be at least 1 (or use --fresh-crops)")
@@ -71,7 +81,7 @@ def run_cross_eval(cfg: CrossEvalConfig, on_progress: Callable[[str, int, int], 
 
     def load(name, root, csv):
         return load_dataset(name, Path(root) if root else None, skip_missing=cfg.skip_missing,
-                            csv=Path(csv) if csv else None)
+                            csv=Path(csv) if csv else None, allow_outside_root=cfg.allow_outside_root)
 
     source, target = load(cfg.train, cfg.train_root, cfg.train_csv), load(cfg.test, cfg.test_root, cfg.test_csv)
     encoder = load_encoder(cfg.encoder, device, seed=cfg.seed)
@@ -83,33 +93,35 @@ def run_cross_eval(cfg: CrossEvalConfig, on_progress: Callable[[str, int, int], 
     digest_before = encoder.digest()
     t0 = time.perf_counter()
 
-    train_views = 0 if cfg.fresh_crops else cfg.train_views
+    cache = FeatureCache((cfg.cache_dir or default_cache_dir()) if cfg.feature_cache else None, on_info=say)
+    resize = {"train": resolve_resize(cfg.resize, cfg.train), "test": resolve_resize(cfg.resize, cfg.test)}
     feats = {}
-    for role, ds, views, test in (("train", source, train_views, False), ("test", target, 0, True)):
+    for role, ds, components in (("train", source, {} if cfg.fresh_crops else {"train": cfg.train_views}),
+                                 ("test", target, {"five": 5})):
         done = [0]
 
         def tick_images(n, _role=role, _total=len(ds.items)):
             done[0] += n
             tick(f"features ({_role})", done[0], _total)
 
-        if role == "train" and cfg.fresh_crops:
-            feats[role] = (ds, None)
-            continue
         tick(f"features ({role})", 0, len(ds.items))
-        vf = extract(encoder, ds.paths(), image_size=cfg.image_size, train_views=views, test_views=test,
-                     seed=cfg.seed, workers=cfg.workers, on_progress=tick_images)
+        vf = extract_features(encoder, ds.paths(), components, image_size=cfg.image_size, seed=cfg.seed,
+                              workers=cfg.workers, resize_to=resize[role], cache=cache, encoder_digest=digest_before,
+                              on_progress=tick_images)
         kept, f, bad = drop_unreadable(ds, vf, cfg.skip_missing)
         for e in bad:
-            say(f"skipped unreadable image: {e}")
-        feats[role] = (kept, f.to(device))
-    source, train_feats = feats["train"]
-    target, test_feats = feats["test"]
+            warn(f"skipped unreadable image: {e}")
+        feats[role] = (kept, f)
+    source, source_feats = feats["train"]
+    target, target_feats = feats["test"]
+    train_feats = source_feats.parts["train"].to(device) if not cfg.fresh_crops else None
+    test_feats = target_feats.parts["five"].to(device)
 
-    normaliser = ScoreNormaliser.fit(source.scores(), source.lower_better)
+    normaliser = ScoreNormaliser.fit(source.scores(), source.lower_better, source=source.label_file)
     targets = torch.as_tensor(normaliser.apply(source.scores()), dtype=torch.float32)
     if cfg.fresh_crops:
         sampler = fresh_view_sampler(encoder, source.paths(), image_size=cfg.image_size, seed=cfg.seed,
-                                     workers=cfg.workers, key=("cross",))
+                                     workers=cfg.workers, key=("cross",), resize_to=resize["train"])
     else:
         sampler = cached_view_sampler(train_feats, cfg.seed, "cross")
     metrics = (out / "metrics.jsonl").open("w", encoding="utf-8")
@@ -126,7 +138,8 @@ def run_cross_eval(cfg: CrossEvalConfig, on_progress: Callable[[str, int, int], 
                                 on_epoch=on_epoch, standardize=cfg.feature_norm)
     pred = head.predict_views(test_feats).cpu().numpy()
     raw_test = target.scores()
-    corr = correlation_row(pred, ScoreNormaliser.fit(raw_test, target.lower_better).apply(raw_test))
+    corr = correlation_row(pred, ScoreNormaliser.fit(raw_test, target.lower_better,
+                                                     source=target.label_file).apply(raw_test))
     if encoder.digest() != digest_before:
         raise TrainingError("the encoder's weights changed during cross-evaluation (they must stay frozen); "
                             "this is a bug")

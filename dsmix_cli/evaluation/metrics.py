@@ -2,7 +2,7 @@
 
 Plain functions over 1-D arrays, returning a Python float. SRCC, PLCC and KRCC come from scipy
 (so ties are handled as scipy does: average ranks for SRCC, tau-b for KRCC). PLCC is raw
-Pearson correlation, as the DSMix evaluation computes it (METHOD.md section 5);
+Pearson correlation, as the DSMix evaluation computes it (docs/probing.md);
 `plcc_logistic` is the VQEG 4-parameter logistic fit followed by PLCC, and is always reported
 under that name. Undefined cases (constant input, fewer than 2 points, non-finite values)
 give NaN with a `MetricWarning`, never an exception, so one degenerate split does not end a

@@ -1,12 +1,13 @@
-"""Frozen image encoders for probing and scoring: a `dsmix qep` run, timm ImageNet weights, or a
-random initialisation (the baseline).
+"""Frozen image encoders for probing and scoring: a `dsmix qep` run, timm ImageNet weights, a
+peer's released encoder, or a random initialisation (the baseline).
 
-`load_encoder(spec, device)` understands three kinds of `--encoder` (CLI.md):
+`load_encoder(spec, device)` understands these kinds of `--encoder`:
 
 * a `dsmix qep` run folder, its `encoder.safetensors` (exported weights, kind `qep-encoder`) or its
   `last.pt` / `best.pt` training checkpoint (kind `qep`);
 * `timm:<model>`: `timm.create_model(<model>, pretrained=True, num_classes=0)` (ImageNet weights,
   downloaded or from the Hugging Face cache);
+* a peer's released checkpoint (ARNIQA, CONTRIQUE, Re-IQA), mapped onto our ResNet (`models.peers`);
 * `random:<model>`: random initialisation; `resnet*` through `models.resnet.build_resnet`, any
   other name through timm with `pretrained=False`. The initialisation is seeded, so the same spec
   and seed rebuild the same weights (a probed bundle records both and checks a digest).
@@ -213,8 +214,10 @@ def load_encoder(spec: str | Path, device: torch.device | str = "cpu", *, seed: 
     """Build the frozen encoder named by `spec`.
 
     Args:
-        spec: a qep run folder, its `encoder.safetensors` or `last.pt`/`best.pt`, `timm:<model>`
-            or `random:<model>`.
+        spec: a qep run folder, its `encoder.safetensors` or `last.pt`/`best.pt`, `timm:<model>`,
+            `random:<model>`, or a peer's checkpoint (`arniqa:FILE`, `contrique:FILE`,
+            `reiqa-quality:FILE`, `reiqa-content:FILE`, `reiqa:CONTENT,QUALITY`, or a bare
+            ARNIQA/CONTRIQUE file; see `models.peers`).
         device: where the encoder runs.
         seed: the initialisation seed of `random:` encoders.
 
@@ -224,6 +227,9 @@ def load_encoder(spec: str | Path, device: torch.device | str = "cpu", *, seed: 
     """
     device = torch.device(device)
     text = str(spec)
+    kind, _, rest = text.partition(":")
+    if rest and kind in _peer_kinds():
+        return _load_peer(kind, [Path(p) for p in rest.split(",")], device)
     if text.startswith("timm:"):
         return _load_timm(text[5:], device)
     if text.startswith("random:"):
@@ -240,6 +246,43 @@ def load_encoder(spec: str | Path, device: torch.device | str = "cpu", *, seed: 
                               "timm:<model> or random:<model>)", path)
     if path.suffix == ".safetensors":
         return _load_exported(path, device)
-    if path.suffix in (".pt", ".pth"):
+    if path.suffix in (".pt", ".pth", ".tar"):
+        return _load_torch_file(path, device)
+    raise CheckpointError("unknown encoder file type (expected .safetensors, a qep .pt checkpoint, or a peer's "
+                          ".pth/.tar: arniqa:FILE, contrique:FILE, reiqa:CONTENT,QUALITY)", path)
+
+
+def _peer_kinds() -> tuple[str, ...]:
+    from dsmix_cli.models.peers import PEER_KINDS
+
+    return PEER_KINDS
+
+
+def _load_peer(kind: str, files: list[Path], device: torch.device) -> Encoder:
+    from dsmix_cli.models.peers import load_peer
+
+    files = [f.expanduser().resolve() for f in files]
+    module, description = load_peer(kind, files)
+    spec = f"{kind}:{','.join(str(f) for f in files)}"
+    # the module normalises its own input (peers differ), so the Encoder feeds it [0, 1] pixels
+    return Encoder(_freeze(module, device), module.feature_dim, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), spec,
+                   description, 224)
+
+
+def _load_torch_file(path: Path, device: torch.device) -> Encoder:
+    """A dsmix qep checkpoint, or a peer's checkpoint recognised from its keys."""
+    from dsmix_cli.models.peers import detect_kind, read_torch_file
+
+    payload = read_torch_file(path)
+    if isinstance(payload, dict) and "format_version" in payload:
         return _load_qep_checkpoint(path, device)
-    raise CheckpointError("unknown encoder file type (expected .safetensors or a qep .pt checkpoint)", path)
+    kind = detect_kind(path, payload)
+    if kind == "reiqa":
+        raise CheckpointError("is a Re-IQA checkpoint, and its keys do not say which of its two encoders it is: "
+                              "pass reiqa-quality:FILE or reiqa-content:FILE, or both as reiqa:CONTENT,QUALITY", path)
+    if kind is None:
+        keys = list(payload)[:4] if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError("is neither a dsmix qep checkpoint nor an ARNIQA, CONTRIQUE or Re-IQA checkpoint "
+                              f"(its keys start {keys}; expected format_version (dsmix), model.0.weight (ARNIQA), "
+                              "encoder.0.weight (CONTRIQUE) or model/module.encoder.conv1.weight (Re-IQA))", path)
+    return _load_peer(kind, [path], device)

@@ -2,7 +2,10 @@
 
 One map per distorted image at full resolution, `OUT/<distorted-stem>.npy`, shape
 (H // pool, W // pool), float16 by default. Each file is written atomically, so a killed run
-leaves only whole maps and a rerun skips them (resume for free). Pre-training does not need
+leaves only whole maps and a rerun skips them (resume for free; the temporaries a killed run
+left are removed). A pair that cannot be used (an undecodable image, images of different
+sizes, an image smaller than the pool) gets no map and is listed in the result's `failed`; the
+other maps are written (the command then exits 1, and a rerun tries those pairs again). Pre-training does not need
 these (it computes the ground truth on the fly from the shared crop); they serve
 `pretrain-dsm --gt-maps` and `qep --dsm-source maps`.
 
@@ -15,7 +18,7 @@ folder's `maps.json` records which kind of map it holds, and a rerun refuses to 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from dsmix_cli.data.pairs import Pair, load_pairs
 from dsmix_cli.dsm.gt import dsm_map_path, gt_dsm, load_gt_map
 from dsmix_cli.errors import DatasetError, DsmixError
-from dsmix_cli.fileio import save_npy, write_json
+from dsmix_cli.fileio import remove_stale_temporaries, save_npy, write_json
 from dsmix_cli.imageio import load_rgb_tensor
 
 __all__ = ["MakeGtConfig", "MakeGtResult", "make_gt_dsm", "dsm_map_path", "load_gt_map"]
@@ -48,6 +51,7 @@ class MakeGtConfig:
     skip_missing: bool = False
     dsm_model: Path | None = None  # write the DSM network's predicted maps instead of the GT
     device: str = "cpu"  # where the DSM network runs
+    allow_outside_root: bool = False  # accept manifest entries that resolve outside --data
 
 
 @dataclass
@@ -56,6 +60,7 @@ class MakeGtResult:
     total: int  # distorted images in the dataset
     written: int  # maps written by this run
     skipped: int  # maps already present (resume)
+    failed: list[str] = field(default_factory=list)  # pairs without a map: "file: reason", one each
 
 
 class _PairImages(Dataset):
@@ -68,12 +73,16 @@ class _PairImages(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, i: int):
+        """(i, distorted, reference, "") or, for a pair that cannot be read, (i, None, None, why)."""
         pair = self.pairs[i]
-        dist, ref = load_rgb_tensor(pair.dist), load_rgb_tensor(pair.ref)
+        try:
+            dist, ref = load_rgb_tensor(pair.dist), load_rgb_tensor(pair.ref)
+        except DsmixError as exc:
+            return i, None, None, str(exc)
         if dist.shape != ref.shape:
-            raise DatasetError(f"is {dist.shape[2]}x{dist.shape[1]} but its reference {pair.ref.name} is "
-                               f"{ref.shape[2]}x{ref.shape[1]}", pair.dist)
-        return i, dist, ref
+            return i, None, None, str(DatasetError(f"is {dist.shape[2]}x{dist.shape[1]} but its reference "
+                                                   f"{pair.ref.name} is {ref.shape[2]}x{ref.shape[1]}", pair.dist))
+        return i, dist, ref, ""
 
 
 def make_gt_dsm(cfg: MakeGtConfig, on_progress: Callable[[int, int], None] | None = None) -> MakeGtResult:
@@ -92,7 +101,7 @@ def make_gt_dsm(cfg: MakeGtConfig, on_progress: Callable[[int, int], None] | Non
         raise DsmixError(f"--dtype {cfg.dtype!r}: expected float16 or float32")
     if cfg.pool < 1:
         raise DsmixError(f"--pool {cfg.pool}: must be at least 1")
-    pairs = load_pairs(cfg.data, skip_missing=cfg.skip_missing)
+    pairs = load_pairs(cfg.data, skip_missing=cfg.skip_missing, allow_outside_root=cfg.allow_outside_root)
     stems = Counter(p.dist.stem for p in pairs)
     clashes = [s for s, n in stems.items() if n > 1]
     if clashes:
@@ -113,6 +122,7 @@ def make_gt_dsm(cfg: MakeGtConfig, on_progress: Callable[[int, int], None] | Non
             raise DsmixError(f"--pool {cfg.pool} differs from the DSM network's patch size {model.patch_size}")
         record = {"source": "model", "pool": cfg.pool, "dsm_model": str(Path(cfg.dsm_model).resolve())}
     _check_record(out, record)
+    remove_stale_temporaries(out)
     todo = [p for p in pairs if not dsm_map_path(out, p.dist).is_file()]
     done = len(pairs) - len(todo)
     if on_progress is not None:
@@ -120,16 +130,20 @@ def make_gt_dsm(cfg: MakeGtConfig, on_progress: Callable[[int, int], None] | Non
     loader = DataLoader(_PairImages(todo), batch_size=None, shuffle=False, num_workers=cfg.workers)
     dtype = DTYPES[cfg.dtype]
     written = 0
-    for i, dist, ref in loader:
-        if model is None:
-            dsm = gt_dsm(dist, ref, pool=cfg.pool)
+    failed: list[str] = []
+    for n, (i, dist, ref, error) in enumerate(loader, start=1):
+        if not error and min(dist.shape[-2:]) < cfg.pool:
+            error = str(DatasetError(f"is {dist.shape[2]}x{dist.shape[1]}, smaller than the pool {cfg.pool} "
+                                     "(no map cell fits)", todo[i].dist))
+        if error:
+            failed.append(error)
         else:
-            dsm = predicted_dsm(model, dist)
-        save_npy(dsm_map_path(out, todo[i].dist), dsm.numpy().astype(dtype))
-        written += 1
+            dsm = gt_dsm(dist, ref, pool=cfg.pool) if model is None else predicted_dsm(model, dist)
+            save_npy(dsm_map_path(out, todo[i].dist), dsm.numpy().astype(dtype))
+            written += 1
         if on_progress is not None:
-            on_progress(done + written, len(pairs))
-    return MakeGtResult(out=out, total=len(pairs), written=written, skipped=done)
+            on_progress(done + n, len(pairs))
+    return MakeGtResult(out=out, total=len(pairs), written=written, skipped=done, failed=failed)
 
 
 def predicted_dsm(model, image: torch.Tensor) -> torch.Tensor:

@@ -11,24 +11,24 @@ written at each epoch end. Under `torchrun` every rank trains a shard (DDP); ran
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
 from dsmix_cli import defaults
 from dsmix_cli.data.pairs import PairCropDataset, load_pairs, split_by_reference
 from dsmix_cli.dsm.gt import gt_dsm
 from dsmix_cli.dsm.network import DEFAULT_ARCH, DECODERS, WEIGHTS_FILE, DSMNet, build_dsm_net
-from dsmix_cli.dsm.preview import save_preview
+from dsmix_cli.dsm.preview import preview_label, save_preview
 from dsmix_cli.engine import schedules
 from dsmix_cli.engine.checkpoint import export_weights
-from dsmix_cli.engine.data import epoch_loader, steps_per_epoch
+from dsmix_cli.engine.data import BadInputs, epoch_loader, guarded_loader, steps_per_epoch
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
+from dsmix_cli.engine.resume import check_resume_config, read_run_config
 from dsmix_cli.engine.runtime import (DistInfo, all_reduce_mean, autocast, derive_seed, generator,
                                       init_distributed, resolve_amp, resolve_device, seed_everything)
 from dsmix_cli.errors import DsmixError
@@ -54,12 +54,6 @@ METHOD_CHOICES = {
     "validation": "held-out references, centre crops, MSE; selects best.pt [R]",
     "batch": "--batch-size is the global batch, split evenly over DDP ranks [R]",
 }
-# Options a resumed run must keep (they define the model, the data order or the schedule).
-_FIXED_ON_RESUME = ("data", "arch", "image_size", "decoder", "depth", "epochs",
-                    "batch_size", "lr", "weight_decay", "warmup_epochs", "val_fraction", "val_max_images",
-                    "flip", "gt_maps", "seed", "world_size")
-
-
 @dataclass
 class PretrainDSMConfig:
     """Options of `pretrain-dsm` (defaults: the paper's recipe)."""
@@ -82,6 +76,8 @@ class PretrainDSMConfig:
     flip: bool = True
     gt_maps: Path | None = None
     skip_missing: bool = False
+    allow_outside_root: bool = False  # accept manifest entries that resolve outside --data
+    skip_bad: bool = False  # replace unreadable samples by the next readable one (else stop, exit 1)
     amp: str = "auto"
     channels_last: bool = False
     compile: bool = False
@@ -107,9 +103,12 @@ class PretrainDSMResult:
     best_val_mse: float | None
     weights: Path
     preview: Path
+    skipped: list[str] = field(default_factory=list)  # unreadable samples replaced (with skip_bad)
 
 
 def _check(cfg: PretrainDSMConfig, world: int) -> None:
+    if cfg.data is None:
+        raise DsmixError("--data DIR is required (a pairs folder; or --resume --out RUN to continue a run)")
     if cfg.decoder not in DECODERS:
         raise DsmixError(f"--decoder {cfg.decoder!r}: expected one of {', '.join(DECODERS)}")
     for name in ("epochs", "batch_size", "image_size"):
@@ -123,30 +122,12 @@ def _check(cfg: PretrainDSMConfig, world: int) -> None:
 
 
 def _resolved_config(cfg: PretrainDSMConfig, **derived) -> dict:
-    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    """The config recorded in config.json and the checkpoints: the options (paths made absolute,
+    so a resume from another folder finds the same files), the derived values, the method."""
+    out = {k: (os.path.abspath(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     out.update(derived)
     out["method"] = METHOD_CHOICES
     return out
-
-
-def _check_resume_config(run_dir: Path, config: dict) -> None:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text(encoding="utf-8"))
-
-    def same(key: str) -> bool:
-        a, b = old[key], config.get(key)
-        if key in ("data", "gt_maps") and a is not None and b is not None:
-            return Path(a).resolve() == Path(b).resolve()  # the same folder, however it was spelled
-        return a == b
-
-    changed = [k for k in _FIXED_ON_RESUME if k in old and not same(k)]
-    if changed:
-        k = changed[0]
-        raise DsmixError(f"--resume: {k} was {old[k]!r} in this run and is now {config.get(k)!r}; a resumed "
-                         f"run keeps its model, data and schedule (only --max-steps, --workers, --amp may change)",
-                         run_dir)
 
 
 def _val_subset(pairs: list, limit: int, seed: int) -> list:
@@ -198,8 +179,15 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
     if not cfg.resume and (run_dir / "last.pt").exists():
         raise DsmixError("already holds a pretrain-dsm run (last.pt); pass --resume to continue it or choose "
                          "another --out", run_dir)
+    saved = None
+    if cfg.resume:
+        if not (run_dir / "last.pt").exists():
+            raise DsmixError("--resume: no last.pt in the run folder (nothing to resume)", run_dir)
+        saved = read_run_config(run_dir)
+        options = _resolved_config(cfg)
+        check_resume_config(saved, options, run_dir, keys=options)  # the options, before any work
 
-    pairs = load_pairs(cfg.data, skip_missing=cfg.skip_missing)
+    pairs = load_pairs(cfg.data, skip_missing=cfg.skip_missing, allow_outside_root=cfg.allow_outside_root)
     train_pairs, val_pairs = split_by_reference(pairs, cfg.val_fraction, cfg.seed)
     val_pairs = _val_subset(val_pairs, cfg.val_max_images, cfg.seed)
 
@@ -232,9 +220,9 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
         warmup_steps=warmup, train_pairs=len(train_pairs), val_pairs=len(val_pairs), pool=pool,
         amp_resolved=amp, device_resolved=str(device), patch_size=pool,
         train_references=len({p.ref for p in train_pairs}), val_references=len({p.ref for p in val_pairs}))
+    if saved is not None:
+        check_resume_config(saved, config, run_dir)  # and the values derived from the data
     if dist_info.is_main:
-        if cfg.resume:
-            _check_resume_config(run_dir, config)
         write_json(run_dir / "config.json", config)
 
     train_ds = PairCropDataset(train_pairs, cfg.image_size, cfg.seed, flip=cfg.flip, train=True,
@@ -245,10 +233,12 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
     val_ds = PairCropDataset(val_pairs, cfg.image_size, cfg.seed, train=False, gt_maps=cfg.gt_maps, pool=pool)
     pin = device.type == "cuda"
     state = {"step": 0}
+    bad = BadInputs()
 
     def batches(epoch: int, skip: int):
         return epoch_loader(train_ds, batch_size=per_rank, seed=cfg.seed, epoch=epoch, skip_batches=skip,
-                            workers=cfg.workers, dist_info=dist_info, pin_memory=pin)
+                            workers=cfg.workers, dist_info=dist_info, pin_memory=pin, skip_bad=cfg.skip_bad,
+                            bad=bad)
 
     def training_step(m, batch, gen, step) -> StepOutput:
         state["step"] = step + 1
@@ -257,21 +247,23 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
         return StepOutput(loss=loss, samples=len(x))
 
     def write_preview(m: DSMNet, title: str) -> None:
-        batch = next(iter(DataLoader(preview_ds, batch_size=len(preview_ds))))
+        batch = next(iter(guarded_loader(preview_ds, skip_bad=cfg.skip_bad, bad=bad, batch_size=len(preview_ds))))
         x, gt = _to_input(batch, device, pool, cfg.channels_last)
         was_training = m.training
         m.eval()
         with torch.no_grad(), autocast(device, amp):
             pred = m(x).float()
         m.train(was_training)
-        save_preview(run_dir / PREVIEW_FILE, batch["dist"], batch["ref"], gt.cpu(), pred.cpu(), title)
+        save_preview(run_dir / PREVIEW_FILE, batch["dist"], batch["ref"], gt.cpu(), pred.cpu(), title,
+                     labels=[preview_label(p, cfg.image_size) for p in preview_ds.pairs])
 
     def validate(m: DSMNet) -> dict[str, float]:
         metrics: dict[str, float] = {}
         m.eval()
         if len(val_ds):
             mine = list(range(dist_info.rank, len(val_ds), world))
-            loader = DataLoader(val_ds, batch_size=per_rank, sampler=mine, num_workers=cfg.workers, pin_memory=pin)
+            loader = guarded_loader(val_ds, skip_bad=cfg.skip_bad, bad=bad, batch_size=per_rank, sampler=mine,
+                                    num_workers=cfg.workers, pin_memory=pin)
             sums = torch.zeros(2, dtype=torch.float64, device=device)
             with torch.no_grad(), autocast(device, amp):
                 for batch in loader:
@@ -304,8 +296,10 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
             write_preview(model, f"final, step {result.step}")
         write_json(run_dir / "results.json", {
             "step": result.step, "total_steps": total, "finished": result.finished, "last_loss": result.last_loss,
-            "best_val_mse": result.best_metric if len(val_ds) else None, "weights": str(run_dir / WEIGHTS_FILE)})
-        defaults.record_default("dsm_model", run_dir)
+            "best_val_mse": result.best_metric if len(val_ds) else None, "weights": str(run_dir / WEIGHTS_FILE),
+            "skipped_inputs": bad.lines})
+        if result.finished:  # the chain of defaults holds finished runs only, never a --max-steps stop
+            defaults.record_default("dsm_model", run_dir)
     return PretrainDSMResult(run_dir=run_dir, step=result.step, total_steps=total, finished=result.finished,
                              last_loss=result.last_loss, best_val_mse=result.best_metric if len(val_ds) else None,
-                             weights=run_dir / WEIGHTS_FILE, preview=run_dir / PREVIEW_FILE)
+                             weights=run_dir / WEIGHTS_FILE, preview=run_dir / PREVIEW_FILE, skipped=bad.lines)

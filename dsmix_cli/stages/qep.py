@@ -14,6 +14,7 @@ held-out references every `val_every` steps (`stages.qep_validation`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -24,9 +25,10 @@ from torch.utils.data import Dataset
 from dsmix_cli import defaults
 from dsmix_cli.dsmix import LABEL_MODES, mix, mix_weights, pristine_targets, soft_targets
 from dsmix_cli.engine import schedules
-from dsmix_cli.engine.checkpoint import export_weights, load_checkpoint
-from dsmix_cli.engine.data import epoch_loader, steps_per_epoch
+from dsmix_cli.engine.checkpoint import export_weights
+from dsmix_cli.engine.data import BadInputs, epoch_loader, steps_per_epoch
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
+from dsmix_cli.engine.resume import check_resume_config, read_run_config
 from dsmix_cli.engine.runtime import init_distributed, resolve_amp, resolve_device, seed_everything
 from dsmix_cli.data.references import (RESCALE_MODES, ReferenceCropDataset, collate_on_the_fly,  # noqa: F401
                                        list_references, split_references)
@@ -36,15 +38,11 @@ from dsmix_cli.imageio import to_float
 from dsmix_cli.models.heads import QualityEncoderNet
 from dsmix_cli.models.losses import kd_loss, soft_cross_entropy
 from dsmix_cli.models.resnet import RESNET_ARCHS, build_resnet, input_stats
+from dsmix_cli.qpt import QPTOptions
 
 KIND = "qep"
 ENCODER_FILE = "encoder.safetensors"
 DSM_SOURCES = ("model", "gt", "maps")
-# Config keys a resumed run must share with the checkpoint (they define the model or schedule).
-_RESUME_KEYS = ("arch", "joint_head", "head_hidden", "batch_size", "epochs", "image_size", "epoch_size",
-                "data", "refs", "on_the_fly", "mix", "label_mode", "seed", "lr",
-                "pristine_share", "rescale", "ref_resize", "val_refs", "val_fraction", "optimizer", "lr_schedule",
-                "warmup_steps")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("step", "cosine")
 
@@ -59,6 +57,8 @@ class QEPConfig:
     """
 
     out: Path
+    pretext: str = "dsmix"              # dsmix (the paper) | qpt (stages/qpt.py, options in `qpt`)
+    qpt: QPTOptions = field(default_factory=QPTOptions)
     data: Path | None = None            # pre-generated pairs (issue 3 or KADIS-700k layout)
     refs: Path | None = None            # reference images, with on_the_fly
     on_the_fly: bool = False
@@ -101,6 +101,7 @@ class QEPConfig:
     warmup_steps: int = 0               # linear LR warm-up (the paper: none)
     optimizer: str = "sgd"              # sgd (the paper, with momentum) | adamw
     flip: bool = True
+    skip_bad: bool = False              # replace unreadable samples by the next readable one (else stop)
     workers: int = 4
     amp: str = "auto"
     channels_last: bool = False
@@ -111,6 +112,7 @@ class QEPConfig:
     resume: bool = False
     log_every: int = 10
     checkpoint_every: int = 500
+    allow_outside_root: bool = False  # --data: accept manifest entries that resolve outside the folder
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -138,7 +140,7 @@ class QEPConfig:
                           "of the held-out pairs, crop and noise seeded per (reference, type, level); type/level "
                           "top-1 over distorted crops, pristine over reference crops; best.pt = highest val_acc",
         }
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+        return {k: (os.path.abspath(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
 # ------------------------------------------------------------------------------------- data
@@ -148,7 +150,7 @@ def _pair_dataset(cfg: QEPConfig, pairs: list | None = None) -> Dataset:
     from dsmix_cli.data.pairs import PairCropDataset, load_pairs
 
     maps = Path(cfg.dsm_maps) if cfg.dsm_source == "maps" else None
-    pairs = load_pairs(Path(cfg.data)) if pairs is None else pairs
+    pairs = load_pairs(Path(cfg.data), allow_outside_root=cfg.allow_outside_root) if pairs is None else pairs
     return PairCropDataset(pairs, cfg.image_size, cfg.seed, flip=cfg.flip, gt_maps=maps, pool=cfg.dsm_pool)
 
 
@@ -174,10 +176,10 @@ def held_out(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None) -> H
     or a seeded `val_fraction` of the references of `--refs` / of the pair folder."""
     from dsmix_cli.data.pairs import load_pairs, split_by_reference
 
-    refs = list_references(Path(cfg.refs)) if cfg.on_the_fly else None
-    pairs = None if cfg.on_the_fly else load_pairs(Path(cfg.data))
+    refs = list_references(Path(cfg.refs), info=info) if cfg.on_the_fly else None
+    pairs = None if cfg.on_the_fly else load_pairs(Path(cfg.data), allow_outside_root=cfg.allow_outside_root)
     if cfg.val_refs is not None:
-        val = list_references(Path(cfg.val_refs), "--val-refs")
+        val = list_references(Path(cfg.val_refs), "--val-refs", info=info)
         held = {p.resolve() for p in val}
         if refs is not None:
             train = [p for p in refs if p.resolve() not in held]
@@ -273,13 +275,6 @@ def validate_config(cfg: QEPConfig) -> None:
         raise DsmixError("already holds a run; use --resume to continue it or choose another --out", out)
 
 
-def _check_resume_config(cfg: dict, saved: dict, out: Path) -> None:
-    diff = [k for k in _RESUME_KEYS if saved.get(k) != cfg.get(k)]
-    if diff:
-        raise CheckpointError("--resume with different settings: " + ", ".join(
-            f"{k} was {saved.get(k)!r}, now {cfg.get(k)!r}" for k in diff), out / "last.pt")
-
-
 # ------------------------------------------------------------------------------------- DSM source
 
 def _dsm_source(cfg: QEPConfig, device: torch.device, info: Callable[[str], None]):
@@ -297,7 +292,7 @@ def _dsm_source(cfg: QEPConfig, device: torch.device, info: Callable[[str], None
     net = load_dsm_model(resolved.value, device)
     if net.image_size != cfg.image_size:
         info(f"note: the DSM model was trained at {net.image_size} px, QEP crops are {cfg.image_size} px")
-    return (lambda dist, ref, batch: net.predict(dist).clamp_min(0)), resolved.value
+    return (lambda dist, ref, batch: net.predict(dist).clamp_min(0)), os.path.abspath(resolved.value)
 
 
 # ------------------------------------------------------------------------------------- the stage
@@ -410,7 +405,15 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
         TrainingError: a non-finite loss.
     """
     validate_config(cfg)
+    from dsmix_cli.stages.qpt import check_pretext, run_qpt
+
+    check_pretext(cfg)
+    if cfg.pretext == "qpt":
+        return run_qpt(cfg, info, on_progress)
     out = Path(cfg.out)
+    saved = read_run_config(out) if cfg.resume else {}
+    if cfg.resume:  # the options first, before any work; the derived values below
+        check_resume_config(saved, cfg.to_dict(), out, keys=cfg.to_dict())
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     dist_info = init_distributed(device)
@@ -449,16 +452,16 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     if spe < 1:
         raise DsmixError(f"{len(dataset)} training samples are fewer than one batch of {cfg.batch_size}: "
                          f"lower --batch-size or add data")
-    saved = load_checkpoint(out / "last.pt", kind=KIND)["config"] if cfg.resume else {}
+    dsm_cfg = cfg
     if cfg.dsm_source == "model" and cfg.dsm_model is None and saved.get("dsm_model_resolved"):
-        cfg = replace(cfg, dsm_model=saved["dsm_model_resolved"])  # a resumed run keeps its DSM network
-    dsm_fn, dsm_model = _dsm_source(cfg, device, info)
+        dsm_cfg = replace(cfg, dsm_model=saved["dsm_model_resolved"])  # a resumed run keeps its DSM network
+    dsm_fn, dsm_model = _dsm_source(dsm_cfg, device, info)
 
     config = cfg.to_dict()
     config.update(dsm_model_resolved=dsm_model, steps_per_epoch=spe, total_steps=spe * cfg.epochs, amp=amp,
                   world_size=world, per_rank_batch=per_rank)
     if cfg.resume:
-        _check_resume_config(config, saved, out)
+        check_resume_config(saved, config, out)
 
     student = build_resnet(cfg.arch, pretrained=(cfg.student_weights or True) if cfg.pretrained else False)
     model = QualityEncoderNet(student, joint_head=cfg.joint_head, hidden=cfg.head_hidden).to(device)
@@ -492,10 +495,13 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
             {"phase": "qep-refs", "step": done, "total": total})))
     validator = _validator(cfg, split, out, device, amp, dist_info, per_rank, info, progress)
 
+    bad = BadInputs()
+
     def batches(epoch: int, skip: int):
         return epoch_loader(dataset, batch_size=per_rank, seed=cfg.seed, epoch=epoch, skip_batches=skip,
                             workers=cfg.workers, dist_info=dist_info, pin_memory=device.type == "cuda",
-                            collate_fn=collate_on_the_fly if cfg.on_the_fly else None)
+                            collate_fn=collate_on_the_fly if cfg.on_the_fly else None,
+                            skip_bad=cfg.skip_bad, bad=bad)
 
     def on_save(m: QualityEncoderNet, step: int) -> None:
         export_weights(out / ENCODER_FILE, m.backbone.state_dict(), encoder_meta(cfg, config, step))
@@ -523,9 +529,10 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     if dist_info.is_main:
         if validator is not None:
             validator.write(finished=result.finished, extra={"last_loss": result.last_loss})
-        defaults.record_default("encoder", out)
+        if result.finished:  # the chain of defaults holds finished runs only
+            defaults.record_default("encoder", out)
     summary = {"run": str(out), "step": result.step, "finished": result.finished, "last_loss": result.last_loss,
-               "encoder": str(out / ENCODER_FILE)}
+               "encoder": str(out / ENCODER_FILE), "skipped_inputs": bad.lines}
     if validator is not None and validator.latest:
         from dsmix_cli.evaluation.pretext import SCALARS
 
