@@ -210,7 +210,8 @@ def probe(encoder: Path, s: Settings, split: dict, work: Path, name: str) -> dic
             return res
     cfg = ProbeConfig(encoder=str(encoder), dataset="csv", csv=str(split["probe_csv"]), out=str(out),
                       splits=s.probe_splits, epochs=s.probe_epochs, image_size=s.probe_size,
-                      train_views=s.probe_train_views, device="cpu", seed=0, record=False, final_head=False)
+                      train_views=s.probe_train_views, device="cpu", seed=0, record=False, final_head=False,
+                      allow_outside_root=True)  # the CSV names the shared images by absolute path
     return run_probe(cfg)
 
 
