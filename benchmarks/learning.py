@@ -215,17 +215,26 @@ def probe(encoder: Path, s: Settings, split: dict, work: Path, name: str) -> dic
     return run_probe(cfg)
 
 
-def run_study(s: Settings, clive: Path, work: Path, log=print) -> dict:
-    """Train and probe every row with every seed; the record (not yet summarised)."""
+def run_study(s: Settings, clive: Path, work: Path, log=print, checkpoint=None) -> dict:
+    """Train and probe every row with every seed; the record (not yet summarised).
+
+    Seed by seed (every row's first seed before any row's second), so a study stopped early
+    still has every row; `checkpoint(record)` is called after each run and probe."""
     os.environ.setdefault("DSMIX_HOME", str(work / "home"))  # no default model of the user changes
     t0 = time.perf_counter()
     split = split_clive(clive, s, work)
     log(f"CLIVE split: {split['counts']} (train / val references, scored probe images)")
-    rows: dict[str, dict] = {}
-    for name in s.rows:
-        row = ROWS[name]
-        rows[name] = {"label": row.label, "overrides": row.overrides, "seeds": {}}
-        for seed in s.seeds:
+    rows: dict[str, dict] = {name: {"label": ROWS[name].label, "overrides": ROWS[name].overrides, "seeds": {}}
+                             for name in s.rows}
+
+    def record() -> dict:
+        return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
+                "split": {"counts": split["counts"], "seed": SPLIT_SEED}, "rows": rows,
+                "seconds": round(time.perf_counter() - t0, 1)}
+
+    for seed in s.seeds:
+        for name in s.rows:
+            row = ROWS[name]
             log(f"{name} seed {seed}")
             if row.overrides is None:
                 run, encoder = None, random_encoder(seed, s, work)
@@ -238,9 +247,9 @@ def run_study(s: Settings, clive: Path, work: Path, log=print) -> dict:
                 "probe": {"median_srcc": res["median"]["srcc"], "median_plcc": res["median"]["plcc"],
                           "splits_srcc": [r["srcc"] for r in res["splits"]], "seconds": res["seconds"]}}
             log(f"  probe median SRCC {res['median']['srcc']:.3f}")
-    return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
-            "split": {"counts": split["counts"], "seed": SPLIT_SEED}, "rows": rows,
-            "seconds": round(time.perf_counter() - t0, 1)}
+            if checkpoint is not None:
+                checkpoint(record())
+    return record()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,10 +276,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     threads, why = choose_threads(torch.device("cpu"), args.threads)
     torch.set_num_threads(threads)
-    record = run_study(s, args.clive, args.work)
-    record.update(summarize(record), environment=environment(torch.device("cpu")), threads_reason=why,
-                  command=" ".join(["python", "benchmarks/learning.py", *(argv if argv is not None else sys.argv[1:])]),
-                  timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    command = " ".join(["python", "benchmarks/learning.py", *(argv if argv is not None else sys.argv[1:])])
+
+    def finish(record: dict) -> dict:
+        record.update(summarize(record), environment=environment(torch.device("cpu")), threads_reason=why,
+                      command=command, timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return record
+
+    def checkpoint(record: dict) -> None:  # the record so far, for a study stopped early
+        if args.json and args.json != "-":
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({**finish(record), "partial": True}, indent=2) + "\n")
+
+    record = finish(run_study(s, args.clive, args.work, checkpoint=checkpoint))
     print(format_table(record))
     if args.docs_img:
         write_pictures(record, args.docs_img)

@@ -1,4 +1,5 @@
-"""The chain of defaults (CLI.md): which run a command uses when the user names none.
+"""The chain of defaults (docs/training.md, "Which runs later stages use by default"): which run a
+command uses when the user names none.
 
 `pretrain-dsm` records the DSM model `qep` uses, `qep` the encoder `probe`/`cross-eval` use,
 `probe` (or `demo`) the model `score`/`evaluate` use. The records live in `$DSMIX_HOME`
@@ -26,6 +27,8 @@ KINDS = {
     "encoder": ("DSMIX_ENCODER", "dsmix qep --data DIR (or --refs DIR --on-the-fly)"),
     "model": ("DSMIX_MODEL", "dsmix probe --dataset NAME (or dsmix demo)"),
 }
+# kind -> the option that names one explicitly
+OPTIONS = {"dsm_model": "--dsm-model", "encoder": "--encoder", "model": "--model"}
 
 
 def dsmix_home() -> Path:
@@ -77,15 +80,15 @@ def resolve_default(kind: str, explicit: str | Path | None) -> Resolved:
     env = os.environ.get(env_var)
     if env:
         return Resolved(env, f"env:{env_var}")
+    option = OPTIONS[kind]
     recorded = _read_records().get(kind)
     if recorded:
         if not Path(recorded).exists():
             raise DsmixError(
                 f"the recorded default {kind.replace('_', ' ')} {recorded} no longer exists; "
-                f"make a new one with `{maker}` or name one explicitly"
+                f"name one with {option} RUN (or set {env_var}), or make a new one with `{maker}`"
             )
         return Resolved(recorded, "recorded")
-    option = {"dsm_model": "--dsm-model", "encoder": "--encoder", "model": "--model"}[kind]
     raise DsmixError(
         f"no {kind.replace('_', ' ')} given and none recorded yet: pass {option}, set {env_var}, "
         f"or make one with `{maker}`"

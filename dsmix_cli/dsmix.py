@@ -1,17 +1,17 @@
-"""DSMix: DSM-weighted CutMix of distorted images and its soft labels (METHOD.md sections 3.2-3.5).
+"""DSMix: DSM-weighted CutMix of distorted images and its soft labels (docs/method.md, sections 3-4).
 
 Everything here is a pure, batched, device-agnostic tensor function; randomness comes from a
 `torch.Generator` (a CPU generator drives a CUDA batch: the draws are made on the generator's
-device and moved). The pipeline of one training step (METHOD.md 4, steps 2-4):
+device and moved). The pipeline of one training step (docs/method.md section 6, steps 2-4):
 
 1. `mix(x, n_sources=3, generator)` pastes `n_sources - 1` CutMix boxes into the base batch,
    from independent batch permutations; later boxes hide earlier ones. It returns the mixed
    images, the source index of every layer (`sources`, (K, B)) and the final visible mask of
    every source (`visible`, (K, B, H, W)).
 2. `mix_weights(visible, dsm[sources])` turns the masks and each source's DSM into the label
-   weights lambda_k of Eqs. 4-5 (reconstructed, METHOD.md 3.3) generalised to K sources (3.4).
+   weights lambda_k of Eqs. 4-5 (rebuilt, docs/method.md 3.3) generalised to K sources (3.4).
 3. `soft_targets(types[sources], levels[sources], weights)` builds the type / level / joint
-   targets of METHOD.md 3.5; `pristine_targets` the one-hot targets of the reference images.
+   targets of docs/method.md section 4; `pristine_targets` the one-hot targets of the reference images.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from dsmix_cli.errors import DsmixError
 
 LABEL_MODES = ("normalized", "absolute", "area", "one-sided")
-NUM_TYPES = 25  # KADIS-700k distortion types (METHOD.md 3.5); type class 0 = pristine
+NUM_TYPES = 25  # KADIS-700k distortion types (docs/method.md section 4); type class 0 = pristine
 NUM_LEVELS = 5  # levels per type; level class 0 = pristine
 
 
@@ -54,7 +54,7 @@ def _rand(n: int, generator: torch.Generator | None) -> torch.Tensor:
 
 def sample_boxes(batch: int, height: int, width: int, generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """One CutMix box per sample (METHOD.md 3.2 [R], section 10 item 3).
+    """One CutMix box per sample (ours: the CutMix recipe, docs/method.md 3.2).
 
     The area fraction is rho ~ U(0, 1) (Beta(1, 1), "uniformly"); the box is sqrt(rho) H tall
     and sqrt(rho) W wide, its centre uniform over the image, and it is clipped to the image, so
@@ -92,7 +92,7 @@ def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def mix(x: torch.Tensor, n_sources: int = 3, generator: torch.Generator | None = None,
         paste_prob: float = 1.0) -> MixResult:
-    """DSMix cut-and-paste with K = `n_sources` sources (Eq. 3; METHOD.md 3.2, 3.4, section 10.4).
+    """DSMix cut-and-paste with K = `n_sources` sources (Eq. 3; docs/method.md 3.2 and 3.4).
 
     The base image of sample b is x[b]. For j = 1..K-1 a permutation pi_j of the batch and one
     box per sample are drawn; x[pi_j[b]] is pasted into sample b inside its box at the same
@@ -103,8 +103,8 @@ def mix(x: torch.Tensor, n_sources: int = 3, generator: torch.Generator | None =
         x: (B, C, H, W) images (distorted crops; references are never mixed).
         n_sources: K >= 1.
         generator: randomness for permutations, boxes and the paste coin.
-        paste_prob: probability that each paste happens for a sample (METHOD.md 3.4 keeps it
-            at 1.0); a paste that does not happen gets an empty box.
+        paste_prob: probability that each paste happens for a sample (the method keeps it
+            at 1.0, docs/method.md 3.4); a paste that does not happen gets an empty box.
 
     Returns:
         A `MixResult`.
@@ -135,7 +135,7 @@ def mix(x: torch.Tensor, n_sources: int = 3, generator: torch.Generator | None =
 
 
 def upsample_dsm(dsm: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear upsampling U(.) of (..., h, w) maps to (..., H, W), align_corners=False (METHOD.md 3.1)."""
+    """Bilinear upsampling U(.) of (..., h, w) maps to (..., H, W), align_corners=False (docs/method.md 3.1)."""
     lead = dsm.shape[:-2]
     flat = dsm.reshape(-1, 1, *dsm.shape[-2:]).float()
     up = F.interpolate(flat, size=(height, width), mode="bilinear", align_corners=False)
@@ -144,20 +144,22 @@ def upsample_dsm(dsm: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def mix_weights(visible: torch.Tensor, dsm: torch.Tensor, mode: str = "normalized",
                 eps: float = 1e-8) -> torch.Tensor:
-    """The label weight lambda_k of every source of a DSMix sample (Eqs. 4-5, METHOD.md 3.3-3.4).
+    """The label weight lambda_k of every source of a DSMix sample (Eqs. 4-5, docs/method.md 3.3-3.4).
 
     With V_k the visible mask of source k and S~_k = U(max(DSM_k, 0)) its upsampled DSM:
 
-    * ``normalized`` (default, [P?] Eqs. 4-5 generalised to K): r_k = sum(V_k S~_k) /
+    * ``normalized`` (default, rebuilt Eqs. 4-5 generalised to K): r_k = sum(V_k S~_k) /
       (sum S~_k + eps), lambda_k = r_k / sum_j r_j. Each source is credited with the fraction of
       its own distortion-sensitivity mass still visible.
-    * ``absolute`` (reading "N"): lambda_k = sum(V_k S~_k) / (sum_j sum(V_j S~_j) + eps).
+    * ``absolute`` (an alternative reading: visible DSM mass compared across sources):
+      lambda_k = sum(V_k S~_k) / (sum_j sum(V_j S~_j) + eps).
     * ``area`` (plain CutMix, the ablation baseline): lambda_k = sum(V_k) / (H W); ignores the DSM.
-    * ``one-sided`` (reading "P", K = 2 only): lambda_B = r_B, lambda_A = 1 - r_B.
+    * ``one-sided`` (an alternative reading: only the pasted image's map counts; K = 2 only):
+      lambda_B = r_B, lambda_A = 1 - r_B.
 
     A source with no visible pixel gets exactly 0. When the DSM-based weights are undefined
     (every visible DSM mass is 0, e.g. DSMs that are all zero), the sample falls back to the
-    area weights, the limit of spatially uniform DSMs (METHOD.md 3.3). The weights of a sample
+    area weights, the limit of spatially uniform DSMs (docs/method.md 3.3). The weights of a sample
     sum to 1 over K.
 
     Args:
@@ -206,7 +208,7 @@ def mix_weights(visible: torch.Tensor, dsm: torch.Tensor, mode: str = "normalize
 
 def soft_targets(types: torch.Tensor, levels: torch.Tensor, weights: torch.Tensor,
                  num_types: int = NUM_TYPES, num_levels: int = NUM_LEVELS) -> dict[str, torch.Tensor]:
-    """Soft targets of the type, level and joint heads (METHOD.md 3.5).
+    """Soft targets of the type, level and joint heads (docs/method.md section 4).
 
     y_type[c] = sum_k lambda_k [t_k = c], y_level[l] = sum_k lambda_k [l_k = l] and
     y_joint = sum_k lambda_k e_class(t_k, l_k) with class(t, l) = num_levels (t - 1) + l
@@ -239,7 +241,7 @@ def soft_targets(types: torch.Tensor, levels: torch.Tensor, weights: torch.Tenso
 
 def pristine_targets(batch: int, num_types: int = NUM_TYPES, num_levels: int = NUM_LEVELS,
                      device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """One-hot class-0 targets of reference images for every head (METHOD.md 3.5)."""
+    """One-hot class-0 targets of reference images for every head (docs/method.md section 4)."""
     sizes = {"type": num_types + 1, "level": num_levels + 1, "joint": num_types * num_levels + 1}
     out = {}
     for name, classes in sizes.items():

@@ -37,6 +37,15 @@ def test_score_without_model_names_probe(home, tmp_path):
     assert res.exit_code == 2 and "dsmix probe" in res.stderr
 
 
+def test_a_stale_recorded_default_names_the_option(home, tmp_path):
+    (tmp_path / "qep_run").mkdir()
+    record_default("encoder", tmp_path / "qep_run")
+    (tmp_path / "qep_run").rmdir()
+    res = runner.invoke(app, ["probe", "--dataset", "clive"])
+    assert res.exit_code == 2 and "no longer exists" in res.stderr
+    assert "--encoder RUN" in res.stderr and "DSMIX_ENCODER" in res.stderr and "dsmix qep" in res.stderr
+
+
 def test_probe_passes_the_resolved_config(home, tmp_path, monkeypatch):
     """A thin command: options -> config -> one engine call; the encoder comes from the chain of defaults."""
     from dsmix_cli.stages import probe as stage

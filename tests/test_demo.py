@@ -82,3 +82,21 @@ def test_demo_no_record_default_is_passed_to_the_engine(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_mod, "run_demo", fake_run_demo)
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--no-record-default"])
     assert res.exit_code == 2 and seen["cfg"].record_default is False
+
+
+def test_demo_phases_count_in_their_own_units(tmp_path, monkeypatch):
+    """The training phases count optimizer steps, probing counts images and epochs (no bare "it")."""
+    import dsmix_cli.demo as demo_mod
+    from dsmix_cli.errors import DsmixError
+
+    def fake_run_demo(cfg, on_info=None, on_progress=None):
+        for phase, total in (("pretrain-dsm", 8), ("qep", 30), ("features", 160), ("heads", 120)):
+            on_progress(phase, total, total)
+        raise DsmixError("stop here")
+
+    monkeypatch.setattr(demo_mod, "run_demo", fake_run_demo)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2
+    for line in ("pretrain-dsm: 8/8 step", "qep: 30/30 step", "features: 160/160 img", "heads: 120/120 epoch"):
+        assert line in res.output, res.output
+    assert " it " not in res.output and " it/s" not in res.output

@@ -9,6 +9,10 @@
    the command exists, every option is known, takes a valid value, and required options are
    given.
 
+3. Every help page (`dsmix --help`, each group's and each command's) shows one `Example: dsmix ...`
+   line that the same parser accepts and that fits 80 columns, and shows placeholders (`DIR`, `N`)
+   where Typer would print Python types (`<path>`, `<int range>`, `{paths}...`).
+
 Pages and help texts still being rewritten are listed in PENDING and expected to fail
 (strictly: once one passes, its entry must go).
 """
@@ -41,10 +45,10 @@ ROOT = typer.main.get_command(app)
 # an entry that starts passing fails the suite, so the list can only shrink.
 PENDING = {
     "refs": {
-        "docs/qep.md", "docs/performance.md",
-        "help: dsmix demo",
+        "docs/qep.md", "help: dsmix qep", "help: dsmix",
     },
     "commands": set(),
+    "examples": {"help: dsmix qep"},
 }
 
 
@@ -177,8 +181,8 @@ def _commands(cmd, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
 COMMANDS = _commands(ROOT)
 
 
-def help_text(path: tuple[str, ...]) -> str:
-    res = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+def help_text(path: tuple[str, ...], width: int = 200) -> str:
+    res = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": str(width)}, terminal_width=width)
     assert res.exit_code == 0, res.output
     return res.stdout
 
@@ -374,6 +378,88 @@ def test_command_lines_handle_continuations_comments_variables_and_chains():
 def test_pending_entries_name_real_pages_and_commands():
     pages = {_rel(p) for p in DOCS} | {"help: " + " ".join(("dsmix",) + p) for p in COMMANDS}
     assert PENDING["refs"] <= pages and PENDING["commands"] <= {_rel(p) for p in DOCS}
+    assert PENDING["examples"] <= pages
+
+
+# ----------------------------------------------------------------------------- help pages
+
+EXAMPLE = re.compile(r"^\s*Example:\s*(dsmix\b.*?)\s*$", re.MULTILINE)
+TYPE_METAVAR = re.compile(r"<(?:int|str|float|path|bool|list\[[^\]]*\])(?: range)?>")
+
+
+def _command_at(path: tuple[str, ...]):
+    cmd = ROOT
+    for name in path:
+        cmd = cmd.get_command(click.Context(cmd), name)
+    return cmd
+
+
+def help_examples(text: str) -> list[str]:
+    """The `Example: dsmix ...` lines of a help page (the command, without the label)."""
+    return EXAMPLE.findall(text)
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param("help: " + " ".join(("dsmix",) + p),
+                 marks=[pytest.mark.xfail(strict=True, reason="second pass of this help pending")]
+                 if "help: " + " ".join(("dsmix",) + p) in PENDING["examples"] else [])
+    for p in COMMANDS])
+def test_every_help_page_has_an_example_that_parses_and_fits_80_columns(command):
+    path = tuple(command.split()[2:])
+    examples = help_examples(help_text(path))
+    assert examples, f"{command}: no 'Example: dsmix ...' line"
+    narrow = help_text(path, width=80)
+    for line in examples:
+        argv = shlex.split(line)[1:]
+        try:
+            cmd = parse_command(argv)
+        except click.exceptions.ClickException as exc:
+            pytest.fail(f"{command}: the example `{line}` does not parse: {exc.format_message()}")
+        if not _is_group(_command_at(path)):  # a command's example runs that command
+            assert cmd is _command_at(path), f"{command}: the example `{line}` runs another command"
+        assert line in help_examples(narrow), f"{command}: the example is cut or wrapped at 80 columns"
+        assert len("  Example: " + line) <= 80, f"{command}: the example is wider than 80 columns"
+
+
+def test_the_example_check_reads_the_example_line():
+    text = "Usage: dsmix x\n\n  Does x.\n\n  Example: dsmix data list clive\n\nOptions:\n"
+    assert help_examples(text) == ["dsmix data list clive"]
+    assert help_examples("  Examples of layouts: see below\n") == []
+
+
+@pytest.mark.parametrize("command", ["help: " + " ".join(("dsmix",) + p) for p in COMMANDS])
+def test_help_pages_show_placeholders_not_python_types(command):
+    text = help_text(tuple(command.split()[2:]), width=80)
+    usage = text.splitlines()[0]
+    assert not TYPE_METAVAR.findall(text), f"{command}: {sorted(set(TYPE_METAVAR.findall(text)))}"
+    assert "{" not in usage, f"{command}: {usage}"
+
+
+def test_placeholders_of_arguments_in_usage_lines():
+    assert help_text(("score",)).splitlines()[0] == "Usage: dsmix score [OPTIONS] IMAGE..."
+    assert help_text(("data", "list")).splitlines()[0] == "Usage: dsmix data list [OPTIONS] [NAME]"
+    assert help_text(("data", "check")).splitlines()[0] == "Usage: dsmix data check [OPTIONS] NAME"
+    assert TYPE_METAVAR.findall("--workers <int range>  --refs <path>  IMAGE... <list[str]>") == \
+        ["<int range>", "<path>", "<list[str]>"]
+
+
+def _option_help(path: tuple[str, ...], option: str) -> str:
+    """The help text of one option, read from the command's parameters."""
+    for param in _command_at(path).params:
+        if option in getattr(param, "opts", ()):
+            return param.help or ""
+    raise AssertionError(f"{' '.join(path)} has no {option}")
+
+
+def test_help_says_only_what_each_option_does():
+    for path in (("synthesize",), ("contact-sheet",)):  # no crops, splits or initial weights there
+        seed = _option_help(path, "--seed").lower()
+        assert "distortion" in seed and not any(w in seed for w in ("crop", "split", "initialis"))
+    for option in ("--fresh-crops", "--seed"):  # cross-eval has no splits
+        assert "split" not in _option_help(("cross-eval",), option)
+    assert "split" in _option_help(("probe",), "--seed")
+    for option in ("--train-root", "--test-root"):
+        assert "$DSMIX_DATA" in _option_help(("cross-eval",), option)
 
 
 if os.environ.get("DSMIX_DOCS_REPORT"):  # a developer's aid: print every problem at once
@@ -390,3 +476,36 @@ if os.environ.get("DSMIX_DOCS_REPORT"):  # a developer's aid: print every proble
                     parse_command(argv)
                 except click.exceptions.ClickException as exc:
                     print(f"{where}: {exc.format_message()}")
+
+
+# ----------------------------------------------------------------------------- Python snippets
+
+def python_blocks(text: str) -> list[str]:
+    blocks, lines = [], None
+    for line in text.splitlines():
+        if lines is None and re.match(r"^\s*```python\s*$", line):
+            lines = []
+        elif lines is not None and line.strip().startswith("```"):
+            blocks.append("\n".join(lines))
+            lines = None
+        elif lines is not None:
+            lines.append(line)
+    return blocks
+
+
+# the snippets that need no data set (the others name a dataset folder or a training run)
+RUNNABLE = ["README.md", "docs/distortions.md"]
+
+
+@pytest.mark.parametrize("page", RUNNABLE)
+def test_python_snippets_run_as_written_on_a_cpu_machine(page, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    blocks = python_blocks((REPO / page).read_text(encoding="utf-8"))
+    assert blocks, page
+    for code in blocks:
+        namespace: dict = {}
+        exec(compile(code, f"{page} snippet", "exec"), namespace)  # noqa: S102 - our own docs
+        tensors = [v for v in namespace.values() if isinstance(v, torch.Tensor)]
+        assert tensors and all(t.device.type == "cpu" for t in tensors)

@@ -1,4 +1,5 @@
-"""DSMix (METHOD.md 3.2-3.5) against independent numpy computations written from the spec."""
+"""DSMix (docs/method.md sections 3-4) against independent numpy computations written from the
+equations of that page."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def np_visible(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def np_weights(visible: np.ndarray, dsm: np.ndarray, mode: str) -> np.ndarray:
-    """METHOD.md 3.3-3.4 written literally: visible (K,B,H,W), dsm (K,B,h,w) -> (K,B)."""
+    """docs/method.md 3.3-3.4 written literally: visible (K,B,H,W), dsm (K,B,h,w) -> (K,B)."""
     k_n, b_n, h, w = visible.shape
     out = np.zeros((k_n, b_n))
     for b in range(b_n):

@@ -45,7 +45,7 @@ def test_random_resnet_is_frozen_eval_seeded_and_imagenet_normalised():
 
 def test_random_timm_model_takes_its_stats_from_timm():
     enc = load_encoder("random:vit_tiny_patch16_224", "cpu")
-    # timm's ViT augreg config uses 0.5/0.5, not the ImageNet values (STYLE.md: never hard-code)
+    # timm's ViT augreg config uses 0.5/0.5, not the ImageNet values: never hard-code them
     assert enc.mean == pytest.approx((0.5, 0.5, 0.5)) and enc.std == pytest.approx((0.5, 0.5, 0.5))
     assert enc.feature_dim == 192 and enc.image_size == 224
 
@@ -140,7 +140,24 @@ def test_timm_encoder_offline_fails_at_once(monkeypatch):
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("no download may be attempted"))
     with pytest.raises(DsmixError, match="cannot be reached") as err:
         load_encoder("timm:resnet50", "cpu")
-    assert "random:<model>" in str(err.value)
+    assert "--encoder random:resnet50" in str(err.value) and "--encoder RUN" in str(err.value)
+
+
+def test_torchvision_weights_offline_names_the_options(monkeypatch):
+    """qep's student and teacher weights: the message names the options that replace the download."""
+    from dsmix_cli.models import resnet
+
+    class Offline:
+        url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+        def get_state_dict(self, **kw):
+            raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(resnet, "imagenet_weights", lambda arch: Offline())
+    with pytest.raises(DsmixError) as err:
+        resnet.build_resnet("resnet18", pretrained=True)
+    text = str(err.value)
+    assert all(opt in text for opt in ("--student-weights FILE", "--teacher-weights FILE", "--no-pretrained"))
 
 
 def test_digest_sees_a_batchnorm_statistics_update():

@@ -16,7 +16,7 @@ from dsmix_cli.errors import DatasetError, DsmixError
 
 
 def _numpy_gt(dist: np.ndarray, ref: np.ndarray, pool: int) -> np.ndarray:
-    """HxWx3 uint8 pair -> (H//pool, W//pool) by explicit loops over the cells (METHOD 1)."""
+    """HxWx3 uint8 pair -> (H//pool, W//pool) by explicit loops over the cells (docs/method.md section 1)."""
     d = np.abs(dist.astype(np.float64) / 255 - ref.astype(np.float64) / 255).mean(axis=2)
     h, w = d.shape[0] // pool, d.shape[1] // pool
     out = np.zeros((h, w))

@@ -12,10 +12,16 @@ import typer
 
 from dsmix_cli import __version__, report
 from dsmix_cli.cli import common
+from dsmix_cli.cli.help import use_everywhere
+
+HELP = ("DSMix: quality-aware pre-training and no-reference image quality assessment.\n\n"
+        "New here: `dsmix demo` runs the whole pipeline at toy scale on CPU, on images shipped with the "
+        "package. Every command has --help with an example.\n\n"
+        "\b\nExample: dsmix demo")
 
 app = typer.Typer(
     name="dsmix",
-    help="DSMix: quality-aware pre-training and no-reference image quality assessment.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -36,7 +42,6 @@ def _root(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebacks for errors.")] = False,
 ) -> None:
-    """DSMix: quality-aware pre-training and no-reference image quality assessment."""
     report.set_quiet(quiet)
     common.set_verbose(verbose)
 
@@ -68,11 +73,19 @@ def _short_help(doc: str | None) -> str | None:
     return para if end < 0 else para[: end + 1]
 
 
+def _whole_summaries(typer_app: typer.Typer) -> None:
+    """Click would cut each summary of a command list at 45 characters; give every command (also
+    in the `data` group) its whole first sentence."""
+    for info in typer_app.registered_commands:
+        if info.short_help is None:
+            info.short_help = _short_help(info.help or (info.callback.__doc__ if info.callback else None))
+    for group in typer_app.registered_groups:
+        _whole_summaries(group.typer_instance)
+
+
 _register()
-# Click would cut each summary at 45 characters; give every command its whole first sentence.
-for _info in app.registered_commands:
-    if _info.short_help is None:
-        _info.short_help = _short_help(_info.help or (_info.callback.__doc__ if _info.callback else None))
+_whole_summaries(app)
+use_everywhere(app)  # placeholders instead of Python types in every help page
 
 
 def main() -> None:

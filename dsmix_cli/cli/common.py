@@ -27,7 +27,7 @@ def set_verbose(verbose: bool) -> None:
 
 
 MaxPixelsOpt = Annotated[Optional[int], typer.Option(
-    "--max-pixels", min=0, show_default=False,
+    "--max-pixels", min=0, show_default=False, metavar="N",
     help="Refuse images of more than this many pixels (width x height) before decoding them, as "
          "decompression bombs; 0 = no limit. Default: 64000000 (8000x8000), or $DSMIX_MAX_PIXELS.")]
 
@@ -171,20 +171,25 @@ def parse_int_list(text: str, lo: int, hi: int, what: str) -> list[int]:
     return sorted(values)
 
 
-# Option types used by several commands (CLI.md: global conventions).
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto = CUDA when available).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data order, crops, splits, initialisation).")]
-JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON to this file ('-' = stdout).")]
+# Option types used by several commands (the same name, meaning and help text everywhere).
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (auto = CUDA when available).")]
+SeedOpt = Annotated[int, typer.Option(
+    "--seed", metavar="N", help="Random seed of the run: data order, crops and flips, random initial weights "
+                                "and every other random draw.")]
+JsonOpt = Annotated[Optional[Path], typer.Option(
+    "--json", metavar="FILE", help="Write results as JSON to this file ('-' = stdout).")]
 RootOpt = Annotated[Optional[Path], typer.Option(
-    "--root", help="Dataset folder (default: $DSMIX_DATA/<name>, else ./datasets/<name>).")]
+    "--root", metavar="DIR", help="Dataset folder (default: $DSMIX_DATA/<name>, else ./datasets/<name>).")]
 OutOpt = Annotated[Optional[Path], typer.Option(
-    "--out", help="Run folder (default: a new runs/<command>/<timestamp>).")]
+    "--out", metavar="DIR", help="Run folder (default: a new runs/<command>/<timestamp>).")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option(
-    "--max-steps", min=1, help="Stop after this many optimizer steps without changing the schedule.")]
+    "--max-steps", min=1, metavar="N", help="Stop after this many optimizer steps without changing the schedule.")]
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue the run in --out exactly; options not given are taken from its config.json.")]
-AmpOpt = Annotated[str, typer.Option("--amp", help="Mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
+AmpOpt = Annotated[str, typer.Option(
+    "--amp", metavar="MODE", help="Mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, metavar="N", help="Data-loading worker processes.")]
 AllowOutsideRootOpt = Annotated[bool, typer.Option(
     "--allow-outside-root", help="Accept label entries that resolve outside the dataset folder (absolute "
                                  "paths, '..', symbolic links leading elsewhere); refused by default.")]
@@ -222,7 +227,7 @@ def default_run_dir(command: str) -> Path:
 
 
 ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", help="A dsmix probe run (default: the last probe or demo run, or $DSMIX_MODEL).")]
+    "--model", metavar="RUN", help="A dsmix probe run (default: the last probe or demo run, or $DSMIX_MODEL).")]
 
 # progress phases of the probing commands and their units
 UNITS = {"features": "img", "heads": "epoch", "head": "epoch", "scoring": "img"}
@@ -251,9 +256,6 @@ def quiet_if_stdout(*paths) -> bool:
     if to_stdout:
         report.set_quiet(True)
     return to_stdout
-
-
-_UNITS = {"features": "img", "heads": "epoch", "head": "epoch", "scoring": "img"}
 
 
 def counter(bars: report.Bars, phase: str, total: int):

@@ -13,7 +13,8 @@ from dsmix_cli.data import catalog
 from dsmix_cli.data.check import check_images, describe
 from dsmix_cli.fileio import write_json
 
-data_app = typer.Typer(help="Datasets the tool knows, folder checks, split files.",
+data_app = typer.Typer(help="Datasets the tool knows, folder checks, split files.\n\n\b\nExample: dsmix data list",
+                       short_help="Datasets the tool knows, folder checks, split files.",
                        no_args_is_help=True, rich_markup_mode=None)
 
 
@@ -59,6 +60,7 @@ def list_datasets(
 ) -> None:
     """List the dataset names the tool knows: type, scores, size and expected layout, one block each.
 
+    \b
     Example: dsmix data list clive
     """
     infos = [catalog.DATASETS[catalog.canonical_name(name)]] if name else list(catalog.DATASETS.values())
@@ -84,12 +86,13 @@ def check(
         "--skip-missing", help="Go on with the images present when some are missing (exit 0).")] = False,
     json: JsonOpt = None,
     csv: Annotated[Optional[Path], typer.Option(
-        "--csv", help="Label file: required for 'pyiqa' and 'csv', or a native label file kept elsewhere.")] = None,
+        "--csv", metavar="FILE",
+        help="Label file: required for 'pyiqa' and 'csv', or a native label file kept elsewhere.")] = None,
     decode: Annotated[bool, typer.Option(
         "--decode/--no-decode", help="Decode every image once to find unreadable files.")] = True,
     lower_better: Annotated[Optional[bool], typer.Option(
         "--lower-better/--higher-better", help="Score direction of a 'pyiqa' or 'csv' label file.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Decoding threads.")] = 4,
+    workers: Annotated[int, typer.Option("--workers", min=1, metavar="N", help="Decoding threads.")] = 4,
     allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Validate a dataset folder before a long run: counts, score range and direction,
@@ -98,6 +101,9 @@ def check(
     Exit codes: 0 all usable (or missing ones skipped), 1 unreadable images found,
     2 bad folder or label file (an image listed twice, an entry outside the folder, ...), or
     images missing without --skip-missing.
+
+    \b
+    Example: dsmix data check clive --root ChallengeDB_release/
     """
     to_stdout = json is not None and str(json) == "-"
     dataset = catalog.load_dataset(name, root, skip_missing=skip_missing, csv=csv, lower_better=lower_better,
@@ -128,23 +134,31 @@ def check(
 @handle_errors(out_files=("out", "json"))
 def splits(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name or alias (see `dsmix data list`).")],
-    out: Annotated[Path, typer.Option("--out", help="The split file: .json (read back by --splits-from), or "
-                                                    ".csv (a name column and one split_NN column per split).")],
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="FILE",
+        help="The split file: .json (read back by --splits-from), or .csv (a name column and one split_NN column "
+             "per split).")],
     root: RootOpt = None,
     csv: Annotated[Optional[Path], typer.Option(
-        "--csv", help="Label file: required for 'pyiqa' and 'csv', or a native label file kept elsewhere.")] = None,
+        "--csv", metavar="FILE",
+        help="Label file: required for 'pyiqa' and 'csv', or a native label file kept elsewhere.")] = None,
     lower_better: Annotated[Optional[bool], typer.Option(
         "--lower-better/--higher-better", help="Score direction of a 'pyiqa' or 'csv' label file.")] = None,
     protocol: Annotated[str, typer.Option(
-        "--protocol", help="Whose split ratios: dsmix (80/20), arniqa or contrique (70/10/20).")] = "dsmix",
-    n_splits: Annotated[int, typer.Option("--splits", min=1, help="Random splits.")] = 10,
-    train_ratio: Annotated[Optional[float], typer.Option("--train-ratio", help="Training fraction.")] = None,
-    val_ratio: Annotated[Optional[float], typer.Option("--val-ratio", help="Validation fraction.")] = None,
+        "--protocol", metavar="NAME",
+        help="Whose split ratios: dsmix (80/20), arniqa or contrique (70/10/20).")] = "dsmix",
+    n_splits: Annotated[int, typer.Option("--splits", min=1, metavar="N", help="Random splits.")] = 10,
+    train_ratio: Annotated[Optional[float], typer.Option(
+        "--train-ratio", metavar="X", help="Training fraction (default: the protocol's).")] = None,
+    val_ratio: Annotated[Optional[float], typer.Option(
+        "--val-ratio", metavar="X", help="Validation fraction (default: the protocol's).")] = None,
     splits_from: Annotated[Optional[Path], typer.Option(
-        "--splits-from", help="Convert this split file (CSV split columns, ARNIQA .npy folder) instead.")] = None,
+        "--splits-from", metavar="PATH",
+        help="Convert this split file (CSV split columns, ARNIQA .npy folder) instead.")] = None,
     splits_column: Annotated[Optional[str], typer.Option(
-        "--splits-column", help="With a CSV --splits-from: the split column (or prefix).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random splits (probe's --seed).")] = 0,
+        "--splits-column", metavar="NAME", help="With a CSV --splits-from: the split column (or prefix).")] = None,
+    seed: Annotated[int, typer.Option(
+        "--seed", metavar="N", help="Seed of the random splits (probe's --seed).")] = 0,
     skip_missing: Annotated[bool, typer.Option(
         "--skip-missing", help="Split the images present when some are missing (as probe --skip-missing).")] = False,
     allow_outside_root: AllowOutsideRootOpt = False,
@@ -153,6 +167,9 @@ def splits(
     """Export the splits `dsmix probe` draws (same seed, ratios and grouping) as a file to ship or reuse.
 
     Read back with `probe --splits-from FILE`, it gives the same splits and the same numbers.
+
+    \b
+    Example: dsmix data splits kadid10k --root KADID/ --out kadid-splits.json
     """
     from dsmix_cli.stages.probe import ProbeConfig, export_probe_splits
 

@@ -16,23 +16,26 @@ from dsmix_cli.errors import DsmixError
 
 _DATA_HELP = ("Pairs folder: a `dsmix synthesize` output (dist_imgs.csv), KADIS-700k (ref_imgs/, "
               "dist_imgs/, kadis700k_ref_imgs.csv) or KADID-10k (dmos.csv).")
-DataOpt = Annotated[Path, typer.Option("--data", help=_DATA_HELP)]
+DataOpt = Annotated[Path, typer.Option("--data", metavar="DIR", help=_DATA_HELP)]
 OptionalDataOpt = Annotated[Optional[Path], typer.Option(
-    "--data", help=_DATA_HELP + " Required, except with --resume (the run's own).")]
+    "--data", metavar="DIR", help=_DATA_HELP + " Required, except with --resume (the run's own).")]
 SkipMissingOpt = Annotated[bool, typer.Option(
     "--skip-missing", help="Use the complete pairs when some image files are missing (else stop).")]
 
 
 def make_gt_dsm_command(
     data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="Folder of the maps (<distorted-stem>.npy).")],
-    pool: Annotated[int, typer.Option("--pool", min=1, help="Pooling size p (the ViT patch size).")] = 8,
-    dtype: Annotated[str, typer.Option("--dtype", help="float16 or float32.")] = "float16",
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", help="Folder of the maps (<distorted-stem>.npy).")],
+    pool: Annotated[int, typer.Option(
+        "--pool", min=1, metavar="N", help="Pooling size p (the ViT patch size).")] = 8,
+    dtype: Annotated[str, typer.Option("--dtype", metavar="DTYPE", help="float16 or float32.")] = "float16",
     workers: WorkersOpt = 2,
     skip_missing: SkipMissingOpt = False,
     dsm_model: Annotated[Optional[Path], typer.Option(
-        "--dsm-model", help="Write this DSM network's predicted maps instead of the ground truth: a cache "
-                            "for `qep --dsm-source maps` (a pretrain-dsm run or its dsm.safetensors).")] = None,
+        "--dsm-model", metavar="RUN",
+        help="Write this DSM network's predicted maps instead of the ground truth: a cache for "
+             "`qep --dsm-source maps` (a pretrain-dsm run or its dsm.safetensors).")] = None,
     device: DeviceOpt = "auto",
     allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
@@ -42,6 +45,9 @@ def make_gt_dsm_command(
     maps of the whole images instead (computed once, reused by `qep --dsm-source maps`). A pair
     that cannot be read (an undecodable image, sizes that differ) gets no map and is named on
     stderr; the others are written and the exit code is 1.
+
+    \b
+    Example: dsmix make-gt-dsm --data D/ --out maps/
     """
     from dsmix_cli.stages.make_gt_dsm import MakeGtConfig, make_gt_dsm
 
@@ -63,44 +69,55 @@ def pretrain_dsm_command(
     ctx: typer.Context,
     data: OptionalDataOpt = None,
     out: OutOpt = None,
-    arch: Annotated[str, typer.Option("--arch", help="Any timm ViT (the paper: ViT-B/8).")] = "vit_base_patch8_224",
-    image_size: Annotated[int, typer.Option("--image-size", help="Crop size; a multiple of the patch size.")] = 224,
-    decoder: Annotated[str, typer.Option("--decoder", help="Per-token decoder: linear (D->1) or mlp (D->D->1).")]
+    arch: Annotated[str, typer.Option(
+        "--arch", metavar="NAME", help="Any timm ViT (the paper: ViT-B/8).")] = "vit_base_patch8_224",
+    image_size: Annotated[int, typer.Option(
+        "--image-size", metavar="N", help="Crop size; a multiple of the patch size.")] = 224,
+    decoder: Annotated[str, typer.Option(
+        "--decoder", metavar="KIND", help="Per-token decoder: linear (D->1) or mlp (D->D->1).")]
     = "linear",
     pretrained: Annotated[bool, typer.Option(
         "--pretrained/--no-pretrained", help="Start from timm's ImageNet weights of --arch.")] = True,
     weights: Annotated[Optional[Path], typer.Option(
-        "--weights", help="Local timm weights file for --arch (offline machines).")] = None,
+        "--weights", metavar="FILE", help="Local timm weights file for --arch (offline machines: timm's "
+                                          "model.safetensors of the model).")] = None,
     depth: Annotated[Optional[int], typer.Option(
-        "--depth", min=1, help="Override the ViT depth (tiny models for tests; no pretrained weights then).")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs; the cosine schedule spans them.")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size.")] = 40,
-    lr: Annotated[float, typer.Option("--lr", help="AdamP learning rate (fallback recipe: 5e-4).")] = 5e-3,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamP weight decay.")] = 1e-4,
+        "--depth", min=1, metavar="N",
+        help="Override the ViT depth (tiny models for tests; no pretrained weights then).")] = None,
+    epochs: Annotated[int, typer.Option(
+        "--epochs", min=1, metavar="N", help="Epochs; the cosine schedule spans them.")] = 10,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, metavar="N", help="Global batch, over all processes (under torchrun each takes an "
+                                                 "equal share; it must divide).")] = 40,
+    lr: Annotated[float, typer.Option(
+        "--lr", metavar="X", help="AdamP learning rate (fallback recipe: 5e-4).")] = 5e-3,
+    weight_decay: Annotated[float, typer.Option(
+        "--weight-decay", metavar="X", help="AdamP weight decay.")] = 1e-4,
     warmup_epochs: Annotated[float, typer.Option(
-        "--warmup-epochs", min=0.0, help="Linear warm-up (fallback recipe: 1).")] = 0.0,
+        "--warmup-epochs", min=0.0, metavar="X", help="Linear warm-up (fallback recipe: 1).")] = 0.0,
     val_fraction: Annotated[float, typer.Option(
-        "--val-fraction", help="Fraction of references held out for validation MSE.")] = 0.05,
+        "--val-fraction", metavar="X", help="Fraction of references held out for validation MSE.")] = 0.05,
     val_max_images: Annotated[int, typer.Option(
-        "--val-max-images", help="Validate on at most this many held-out images (0: all).")] = 2000,
+        "--val-max-images", metavar="N", help="Validate on at most this many held-out images (0: all).")] = 2000,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Shared random horizontal flip.")] = True,
     gt_maps: Annotated[Optional[Path], typer.Option(
-        "--gt-maps", help="Read ground truth from `make-gt-dsm` maps instead of computing it.")] = None,
+        "--gt-maps", metavar="DIR", help="Read ground truth from `make-gt-dsm` maps instead of computing it.")] = None,
     skip_missing: SkipMissingOpt = False,
     skip_bad: SkipBadOpt = False,
     amp: AmpOpt = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=0, help="Data-loading worker processes (default: min(4, CPU cores)).")] = None,
+        "--workers", min=0, metavar="N", help="Data-loading worker processes (default: min(4, CPU cores)).")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels (slower).")] = False,
     max_steps: MaxStepsOpt = None,
     resume: ResumeOpt = False,
-    log_every: Annotated[int, typer.Option("--log-every", min=1, help="Steps between metrics.jsonl lines.")] = 10,
+    log_every: Annotated[int, typer.Option(
+        "--log-every", min=1, metavar="N", help="Steps between metrics.jsonl lines.")] = 10,
     checkpoint_every: Annotated[int, typer.Option(
-        "--checkpoint-every", min=1, help="Steps between last.pt saves (also at each epoch end).")] = 500,
+        "--checkpoint-every", min=1, metavar="N", help="Steps between last.pt saves (also at each epoch end).")] = 500,
     allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Train the DSM network (ViT without class token + per-token decoder) on distorted/reference pairs.
@@ -108,6 +125,9 @@ def pretrain_dsm_command(
     `--resume --out RUN` alone continues a stopped run with its saved settings. Only a run that
     finishes its schedule becomes the default DSM model of `qep`.
     Multi-GPU: torchrun --nproc_per_node N -m dsmix_cli pretrain-dsm ...
+
+    \b
+    Example: dsmix pretrain-dsm --data D/ --out runs/dsm
     """
     from dsmix_cli.stages.pretrain_dsm import PretrainDSMConfig, run_pretrain_dsm
 

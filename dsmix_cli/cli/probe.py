@@ -8,51 +8,70 @@ from typing import Annotated, List, Optional
 import typer
 
 from dsmix_cli import report
-from dsmix_cli.cli.common import (UNITS, AllowOutsideRootOpt, DeviceOpt, JsonOpt, ModelOpt, OutOpt, RootOpt, SeedOpt,
+from dsmix_cli.cli.common import (UNITS, AllowOutsideRootOpt, DeviceOpt, JsonOpt, ModelOpt, OutOpt, RootOpt,
                                   WorkersOpt, counter, default_run_dir, handle_errors, is_stdout, quiet_if_stdout,
                                   resolved)
 from dsmix_cli.fileio import write_json
 
 EncoderOpt = Annotated[Optional[str], typer.Option(
-    "--encoder", help="A dsmix qep run (or its encoder.safetensors / last.pt), timm:<model> (ImageNet weights), "
-                      "random:<model>, or a peer's checkpoint: arniqa:FILE, contrique:FILE, reiqa:CONTENT,QUALITY, "
-                      "reiqa-quality:FILE, reiqa-content:FILE (default: the last finished qep run, or "
-                      "$DSMIX_ENCODER).")]
+    "--encoder", metavar="ENCODER",
+    help="A dsmix qep run (or its encoder.safetensors / last.pt), timm:<model> (ImageNet weights), "
+         "random:<model>, or a peer's checkpoint: arniqa:FILE, contrique:FILE, reiqa:CONTENT,QUALITY, "
+         "reiqa-quality:FILE, reiqa-content:FILE (default: the last finished qep run, or "
+         "$DSMIX_ENCODER).")]
 CsvLabelsOpt = Annotated[Optional[Path], typer.Option(
-    "--csv", help="Label file for the 'csv'/'pyiqa' layouts (or a native label file kept elsewhere).")]
+    "--csv", metavar="FILE", help="Label file for the 'csv'/'pyiqa' layouts (or a native label file kept elsewhere).")]
 SkipMissingOpt = Annotated[bool, typer.Option(
     "--skip-missing", help="Go on with the images present (and readable) when some are missing.")]
 EpochsOpt = Annotated[Optional[int], typer.Option(
-    "--epochs", min=1, help="MLP head training epochs (default: the paper's for the dataset, 100 or 200).")]
+    "--epochs", min=1, metavar="N",
+    help="MLP head training epochs (default: the paper's for the dataset, 100 or 200).")]
 TrainViewsOpt = Annotated[int, typer.Option(
-    "--train-views", min=1, help="Random crop+flip views per image encoded once and cached for head training.")]
+    "--train-views", min=1, metavar="N",
+    help="Random crop+flip views per image encoded once and cached for head training.")]
 FreshOpt = Annotated[bool, typer.Option(
     "--fresh-crops", help="Encode a new random crop+flip of every training image every epoch (the paper's "
                           "literal protocol; epochs x splits times the encoder work).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="MLP head training batch size.")]
-LrOpt = Annotated[float, typer.Option("--lr", help="AdamW learning rate of the MLP head.")]
-WdOpt = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay of the MLP head.")]
+CrossFreshOpt = Annotated[bool, typer.Option(
+    "--fresh-crops", help="Encode a new random crop+flip of every training image every epoch (the paper's "
+                          "literal protocol; epochs times the encoder work).")]
+ProbeSeedOpt = Annotated[int, typer.Option(
+    "--seed", metavar="N", help="Random seed: the splits, the training crops and flips and their order, the "
+                                "heads' initial weights (and a random: encoder's weights).")]
+CrossSeedOpt = Annotated[int, typer.Option(
+    "--seed", metavar="N", help="Random seed: the training crops and flips and their order, the head's initial "
+                                "weights (and a random: encoder's weights).")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", metavar="NAME", help="Dataset name (see `dsmix data list`).")]
+BatchOpt = Annotated[int, typer.Option(
+    "--batch-size", min=1, metavar="N", help="MLP head training batch size (one process: probing does not use "
+                                             "torchrun).")]
+LrOpt = Annotated[float, typer.Option("--lr", metavar="X", help="AdamW learning rate of the MLP head.")]
+WdOpt = Annotated[float, typer.Option("--weight-decay", metavar="X", help="AdamW weight decay of the MLP head.")]
 FeatureNormOpt = Annotated[bool, typer.Option(
     "--feature-norm/--no-feature-norm", help="Standardise the MLP head's input features with the training "
                                               "features' mean and std (as MAE's linear probe).")]
-SizeOpt = Annotated[int, typer.Option("--image-size", min=8, help="Crop size (smaller images are resized up).")]
+SizeOpt = Annotated[int, typer.Option(
+    "--image-size", min=8, metavar="N", help="Crop size (smaller images are resized up).")]
 ResizeOpt = Annotated[str, typer.Option(
-    "--resize", help="Resize every image on load: auto (the size the dataset's protocol fixes: KonIQ-10k "
-                     "512x384), none, or WxH.")]
+    "--resize", metavar="SIZE",
+    help="Resize every image on load: auto (the size the dataset's protocol fixes: KonIQ-10k "
+         "512x384), none, or WxH.")]
 ProtocolOpt = Annotated[str, typer.Option(
-    "--protocol", help="dsmix (MLP head, 80/20), arniqa (ridge, 70/10/20, two-scale crops), contrique (ridge on "
-                       "one vector per image, 70/10/20), or all (each on one feature cache).")]
+    "--protocol", metavar="NAME",
+    help="dsmix (MLP head, 80/20), arniqa (ridge, 70/10/20, two-scale crops), contrique (ridge on "
+         "one vector per image, 70/10/20), or all (each on one feature cache).")]
 SplitsFromOpt = Annotated[Optional[Path], typer.Option(
-    "--splits-from", help="Use these splits: a file from `dsmix data splits` (or a probe run's splits.json), a CSV "
-                          "with split columns (pyiqa's ratio802_seed123_split_NN, official_split), or a folder "
-                          "of ARNIQA-style train/val/test .npy index files.")]
+    "--splits-from", metavar="PATH",
+    help="Use these splits: a file from `dsmix data splits` (or a probe run's splits.json), a CSV "
+         "with split columns (pyiqa's ratio802_seed123_split_NN, official_split), or a folder "
+         "of ARNIQA-style train/val/test .npy index files.")]
 SplitsColumnOpt = Annotated[Optional[str], typer.Option(
-    "--splits-column", help="With a CSV --splits-from: the split column (or column prefix) to use.")]
+    "--splits-column", metavar="NAME", help="With a CSV --splits-from: the split column (or column prefix) to use.")]
 CacheOpt = Annotated[bool, typer.Option(
     "--feature-cache/--no-feature-cache", help="Read and write encoded features on disk, per encoder, dataset "
                                                 "and views.")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
-    "--cache-dir", help="Feature cache folder (default: $DSMIX_HOME/feature-cache).")]
+    "--cache-dir", metavar="DIR", help="Feature cache folder (default: $DSMIX_HOME/feature-cache).")]
 
 
 def _fmt(v) -> str:
@@ -60,7 +79,7 @@ def _fmt(v) -> str:
 
 
 def probe(
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name (see `dsmix data list`).")],
+    dataset: DatasetOpt,
     encoder: EncoderOpt = None,
     root: RootOpt = None,
     csv: CsvLabelsOpt = None,
@@ -69,16 +88,19 @@ def probe(
     out: OutOpt = None,
     protocol: ProtocolOpt = "dsmix",
     head: Annotated[Optional[str], typer.Option(
-        "--head", help="mlp or ridge (default: the protocol's).")] = None,
+        "--head", metavar="KIND", help="mlp or ridge (default: the protocol's).")] = None,
     views: Annotated[Optional[str], typer.Option(
-        "--views", help="paper (random crops + 5 test crops) or arniqa (5 crops at full and half scale, "
-                        "concatenated) (default: the protocol's).")] = None,
-    splits: Annotated[int, typer.Option("--splits", min=1, help="Random train/test splits.")] = 10,
+        "--views", metavar="KIND",
+        help="paper (random crops + 5 test crops) or arniqa (5 crops at full and half scale, "
+             "concatenated) (default: the protocol's).")] = None,
+    splits: Annotated[int, typer.Option(
+        "--splits", min=1, metavar="N", help="Random train/test splits.")] = 10,
     train_ratio: Annotated[Optional[float], typer.Option(
-        "--train-ratio", help="Training fraction of each split (default: the protocol's, 0.8 or 0.7).")] = None,
+        "--train-ratio", metavar="X",
+        help="Training fraction of each split (default: the protocol's, 0.8 or 0.7).")] = None,
     val_ratio: Annotated[Optional[float], typer.Option(
-        "--val-ratio", help="Validation fraction (default: the protocol's, 0 or 0.1); for an MLP head > 0 keeps "
-                            "the epoch with the best validation SRCC.")] = None,
+        "--val-ratio", metavar="X", help="Validation fraction (default: the protocol's, 0 or 0.1); for an MLP head "
+                                         "> 0 keeps the epoch with the best validation SRCC.")] = None,
     splits_from: SplitsFromOpt = None,
     splits_column: SplitsColumnOpt = None,
     epochs: EpochsOpt = None,
@@ -98,7 +120,7 @@ def probe(
     feature_cache: CacheOpt = True,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
+    seed: ProbeSeedOpt = 0,
     workers: WorkersOpt = 0,
     allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
@@ -107,6 +129,9 @@ def probe(
     Writes RUN/results.json, config.json, metrics.jsonl, the splits used (splits.json) and, for an MLP
     head on the paper views, the model bundle RUN/model.safetensors (a head trained on all images),
     which becomes the default model of `dsmix score`.
+
+    \b
+    Example: dsmix probe --dataset clive --root ChallengeDB_release/
     """
     from dsmix_cli.stages.probe import ProbeConfig, run_probe
 
@@ -160,20 +185,24 @@ def print_probe_table(results: dict) -> None:
 
 
 def evaluate(
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name (see `dsmix data list`).")],
+    dataset: DatasetOpt,
     model: ModelOpt = None,
     root: RootOpt = None,
     csv: CsvLabelsOpt = None,
     split: Annotated[str, typer.Option(
-        "--split", help="Score all images, or only the train, val or test part of a probe's split.")] = "all",
+        "--split", metavar="PART",
+        help="Score all images, or only the train, val or test part of a probe's split.")] = "all",
     splits_seed: Annotated[Optional[int], typer.Option(
-        "--splits-seed", help="Seed of that split (default: the probe's, from the model's record).")] = None,
+        "--splits-seed", metavar="N",
+        help="Seed of that split (default: the probe's, from the model's record).")] = None,
     split_index: Annotated[Optional[int], typer.Option(
-        "--split-index", min=0, help="Which split (default: the one the model's head was trained on, else 0).")] = None,
+        "--split-index", min=0, metavar="N",
+        help="Which split (default: the one the model's head was trained on, else 0).")] = None,
     splits_from: SplitsFromOpt = None,
     skip_missing: SkipMissingOpt = False,
     json: JsonOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, metavar="N", help="Images per batch (x5 crops).")] = 32,
     workers: WorkersOpt = 0,
     device: DeviceOpt = "auto",
     resize: ResizeOpt = "auto",
@@ -182,6 +211,9 @@ def evaluate(
     """Score a dataset (or one part of a probe's split) with a probed model and correlate with its labels.
 
     Images that cannot be read are named on stderr and left out; the exit code is then 1.
+
+    \b
+    Example: dsmix evaluate --dataset clive --root ChallengeDB_release/
     """
     from dsmix_cli.data.catalog import load_dataset
     from dsmix_cli.engine.runtime import resolve_device
@@ -222,19 +254,27 @@ def evaluate(
 
 
 def cross_eval(
-    train: Annotated[str, typer.Option("--train", help="Source dataset: the head trains on all of it.")],
-    test: Annotated[str, typer.Option("--test", help="Target dataset: tested on all of it.")],
+    train: Annotated[str, typer.Option(
+        "--train", metavar="NAME", help="Source dataset: the head trains on all of it.")],
+    test: Annotated[str, typer.Option(
+        "--test", metavar="NAME", help="Target dataset: tested on all of it.")],
     encoder: EncoderOpt = None,
-    train_root: Annotated[Optional[Path], typer.Option("--train-root", help="Source dataset folder.")] = None,
-    test_root: Annotated[Optional[Path], typer.Option("--test-root", help="Target dataset folder.")] = None,
-    train_csv: Annotated[Optional[Path], typer.Option("--train-csv", help="Source label file (csv/pyiqa).")] = None,
-    test_csv: Annotated[Optional[Path], typer.Option("--test-csv", help="Target label file (csv/pyiqa).")] = None,
+    train_root: Annotated[Optional[Path], typer.Option(
+        "--train-root", metavar="DIR",
+        help="Source dataset folder (default: $DSMIX_DATA/<name>, else ./datasets/<name>).")] = None,
+    test_root: Annotated[Optional[Path], typer.Option(
+        "--test-root", metavar="DIR",
+        help="Target dataset folder (default: $DSMIX_DATA/<name>, else ./datasets/<name>).")] = None,
+    train_csv: Annotated[Optional[Path], typer.Option(
+        "--train-csv", metavar="FILE", help="Source label file (csv/pyiqa).")] = None,
+    test_csv: Annotated[Optional[Path], typer.Option(
+        "--test-csv", metavar="FILE", help="Target label file (csv/pyiqa).")] = None,
     epochs: EpochsOpt = None,
     skip_missing: SkipMissingOpt = False,
     json: JsonOpt = None,
     out: OutOpt = None,
     train_views: TrainViewsOpt = 4,
-    fresh_crops: FreshOpt = False,
+    fresh_crops: CrossFreshOpt = False,
     batch_size: BatchOpt = 64,
     lr: LrOpt = 7e-4,
     weight_decay: WdOpt = 0.01,
@@ -244,11 +284,15 @@ def cross_eval(
     feature_cache: CacheOpt = True,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
+    seed: CrossSeedOpt = 0,
     workers: WorkersOpt = 0,
     allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
-    """Cross-dataset test (Re-IQA protocol): head trained on all of --train, tested on all of --test."""
+    """Cross-dataset test (Re-IQA protocol): head trained on all of --train, tested on all of --test.
+
+    \b
+    Example: dsmix cross-eval --train live --test csiq --json l2c.json
+    """
     from dsmix_cli.evaluation.cross_eval import CrossEvalConfig, run_cross_eval
 
     to_stdout = quiet_if_stdout(json)
@@ -275,9 +319,10 @@ def cross_eval(
 
 def compare(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name (see `dsmix data list`).")],
+    dataset: DatasetOpt,
     encoders: Annotated[Optional[List[str]], typer.Option(
-        "--encoders", help="The encoders, as for probe --encoder: --encoders E1 E2 ... (or --encoders E1 "
+        "--encoders", metavar="ENCODER...",
+        help="The encoders, as for probe --encoder: --encoders E1 E2 ... (or --encoders E1 "
                            "--encoders E2).")] = None,
     protocol: ProtocolOpt = "dsmix",
     root: RootOpt = None,
@@ -285,7 +330,8 @@ def compare(
     lower_better: Annotated[Optional[bool], typer.Option(
         "--lower-better/--higher-better", help="Score direction of a 'csv'/'pyiqa' label file.")] = None,
     out: OutOpt = None,
-    splits: Annotated[int, typer.Option("--splits", min=1, help="Random splits, the same for every encoder.")] = 10,
+    splits: Annotated[int, typer.Option(
+        "--splits", min=1, metavar="N", help="Random splits, the same for every encoder.")] = 10,
     splits_from: SplitsFromOpt = None,
     splits_column: SplitsColumnOpt = None,
     epochs: EpochsOpt = None,
@@ -298,7 +344,7 @@ def compare(
     feature_cache: CacheOpt = True,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
+    seed: ProbeSeedOpt = 0,
     workers: WorkersOpt = 0,
     allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
@@ -307,6 +353,9 @@ def compare(
     Writes RUN/results.json, RUN/compare.png (median SRCC per encoder, std over splits as error bars)
     and the splits used (RUN/splits.json). Features are cached on disk, so a second comparison costs
     only the heads.
+
+    \b
+    Example: dsmix compare --dataset clive --encoders runs/qep/a timm:resnet50
     """
     from dsmix_cli.errors import DsmixError
     from dsmix_cli.evaluation.compare import CompareConfig, run_compare

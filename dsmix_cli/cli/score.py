@@ -14,16 +14,20 @@ from dsmix_cli.cli.probe import print_probe_table
 
 
 SHOWN_ROWS = 20  # rows of the table printed when the scores also go to a file
+# progress units of the demo's phases: its training stages count optimizer steps
+DEMO_UNITS = {**UNITS, "pretrain-dsm": "step", "qep": "step"}
 
 
 def score(
-    paths: Annotated[List[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
+    paths: Annotated[List[str], typer.Argument(
+        metavar="IMAGE", help="Image files, folders (searched recursively) or globs.")],
     model: ModelOpt = None,
     csv: Annotated[Optional[Path], typer.Option(
-        "--csv", help="Write path,score,note rows here ('-' = stdout); note flags a score outside the "
+        "--csv", metavar="FILE", help="Write path,score,note rows here ('-' = stdout); note flags a score outside the "
                       "training labels' range.")] = None,
     json: JsonOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch (x5 crops).")] = 32,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, metavar="N", help="Images per batch (x5 crops).")] = 32,
     workers: WorkersOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -36,6 +40,7 @@ def score(
     do not follow links to folders (what they skip is named on stderr). A file name that is not
     valid UTF-8 is written with \\xNN for each such byte.
 
+    \b
     Example: dsmix score photos/ --csv scores.csv
     """
     from dsmix_cli.engine.runtime import resolve_device
@@ -89,19 +94,23 @@ def score(
 
 def demo(
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Folder of the demo's runs (default: a new runs/demo/<timestamp>).")] = None,
+        "--out", metavar="DIR", help="Folder of the demo's runs (default: a new runs/demo/<timestamp>).")] = None,
     device: DeviceOpt = "cpu",
     record: Annotated[bool, typer.Option(
         "--record-default/--no-record-default",
-        help="Make the demo's (toy) model the default model of `dsmix score` (CLI.md); the demo's other "
+        help="Make the demo's (toy) model the default model of `dsmix score` and `dsmix evaluate`; the demo's other "
              "runs never become defaults.")] = True,
 ) -> None:
     """The whole pipeline at toy scale on images shipped with the package, on CPU, in minutes:
-    synthesize, make-gt-dsm, pretrain-dsm, qep, probe, evaluate, score."""
+    synthesize, make-gt-dsm, pretrain-dsm, qep, probe, evaluate, score.
+
+    \b
+    Example: dsmix demo --out runs/demo
+    """
     from dsmix_cli.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=str(out or default_run_dir("demo")), device=device, record_default=record)
-    with report.Bars(UNITS) as bars:
+    with report.Bars(DEMO_UNITS) as bars:
         result = run_demo(cfg, on_info=report.info, on_progress=bars)
     print_probe_table(result["probe"])
     report.table("demo: evaluate and score", ["what", "value"], result["summary_rows"])

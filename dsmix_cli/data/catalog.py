@@ -7,7 +7,7 @@ named, counted and refused (unless `skip_missing`) before any long run starts; w
 `check_readable` every image is decoded once and the unreadable ones are set aside.
 
 Scores stay raw here; `splits.ScoreNormaliser` maps them to [0, 1], higher is better, with
-training-split statistics (METHOD.md section 5).
+training-split statistics (docs/method.md section 7).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class DatasetInfo:
         lower_better: True for DMOS-like labels (the tool flips them for training).
         score_range: nominal range of the raw labels (None: taken from the data).
         synthetic: split by reference (True) or by image (False).
-        epochs: linear-probing epochs (METHOD.md section 5), None where not a probe set.
+        epochs: linear-probing epochs (the paper's, docs/method.md section 7), None where not a probe set.
         images: images in the complete release (None where it depends on the file).
         aliases: other names accepted on the command line.
         probe_size: (W, H) the probing protocol fixes for this dataset's images (KonIQ-10k's

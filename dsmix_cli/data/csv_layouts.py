@@ -1,4 +1,4 @@
-"""Readers for the CSV forms: the pyiqa meta-info CSV and a generic CSV (DATASETS.md section 2).
+"""Readers for the CSV forms: the pyiqa meta-info CSV and a generic CSV (docs/datasets.md).
 
 Like the native readers in `layouts`, they parse label files into `Entry` rows and leave the
 disk to `catalog.load_dataset`.

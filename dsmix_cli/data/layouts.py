@@ -1,4 +1,4 @@
-"""Readers for each dataset's label files, in its native release layout (DATASETS.md section 1).
+"""Readers for each dataset's label files, in its native release layout (docs/datasets.md, "Native layouts").
 The pyiqa meta-info CSV and the generic CSV are in `csv_layouts`.
 
 A reader parses label files only: it turns each labelled image into an `Entry` (the name as in
@@ -354,9 +354,10 @@ def read_kadis700k(root: Path, label: Path | None) -> Labels:
     """KADIS-700k: `kadis700k_ref_imgs.csv` (`ref_im, dist_type_1, dist_type_2`), references in
     `ref_imgs/`, distorted images `dist_imgs/<stem>_<tt>_<ll>.bmp` (ll = 01..05). No scores.
 
-    Following DISTORTIONS.md section 0 decision 4, a row with a `dist_type_2` (7,8) names type
-    `dist_type_2`; the official generator's `dist_type_1` file is accepted in its place, and
-    `.png` in place of `.bmp` (as `dsmix synthesize --format png` writes).
+    As `dsmix synthesize --csv` does by default (docs/distortions.md, "The type-8 decision"), a
+    row with a `dist_type_2` (7,8) names type `dist_type_2`; the official generator's
+    `dist_type_1` file is accepted in its place, and `.png` in place of `.bmp` (as
+    `dsmix synthesize --format png` writes).
     """
     file = _at(root, label, "kadis700k_ref_imgs.csv")
     header, rows = read_table(file)

@@ -20,7 +20,8 @@ references of a `dsmix synthesize` folder may also lie in the references folder 
 recorded in `D/synthesize.json`.
 
 `PairCropDataset` gives the *same* random crop and flip to a distorted image and its reference
-(METHOD.md section 1, step 5), drawn from `generator(seed, "sample", epoch, index)`.
+(docs/method.md section 1: without it the difference would be meaningless), drawn from
+`generator(seed, "sample", epoch, index)`.
 """
 
 from __future__ import annotations

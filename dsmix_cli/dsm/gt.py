@@ -1,4 +1,4 @@
-"""The ground-truth distortion-induced sensitivity map (METHOD.md section 1).
+"""The ground-truth distortion-induced sensitivity map (docs/method.md section 1).
 
 DSM_gt(i, j) = 1/p^2 * sum over the p x p cell (i, j) of 1/3 * sum_c |I_D(u, v, c) - I_R(u, v, c)|,
 with pixels in [0, 1], a p x p average pool with stride p and no padding (p = 8 in the paper,
@@ -26,7 +26,7 @@ def _as_float01(x: torch.Tensor) -> torch.Tensor:
 
 
 def gt_dsm(distorted: torch.Tensor, reference: torch.Tensor, pool: int = 8) -> torch.Tensor:
-    """The ground-truth DSM of distorted/reference image pairs (METHOD.md section 1, steps 1-2).
+    """The ground-truth DSM of distorted/reference image pairs (docs/method.md section 1).
 
     Channel mean of the absolute difference, then average pooling with kernel = stride = `pool`
     and no padding (a trailing strip narrower than `pool` is dropped, as `floor(H / pool)`).

@@ -1,9 +1,9 @@
-"""The DSM network F_theta (METHOD.md section 2, Eq. 1): a ViT without its class token and a
+"""The DSM network F_theta (docs/method.md section 2, Eq. 1): a ViT without its class token and a
 per-token decoder to one value, reshaped to the token grid.
 
 DSM_hat = R(MLP(E(x_p + E_pos))): the patch embedding, the *patch part* of the position
 embedding (timm's index 0, the class token's, is dropped), the L blocks and the final LayerNorm
-(kept, [R]), then Linear(D, 1) per token ([R]; "mlp" = D -> D -> GELU -> 1), reshaped row-major
+(kept, ours), then Linear(D, 1) per token (ours; "mlp" = D -> D -> GELU -> 1), reshaped row-major
 to (H / p, W / p), the order timm's patch embedding flattens in.
 """
 
@@ -52,7 +52,7 @@ class DSMNet(nn.Module):
         self.arch, self.image_size, self.decoder_name = arch, int(image_size), decoder
         self.vit_kwargs = dict(vit_kwargs or {})
         cfg = timm.data.resolve_model_data_config(vit)
-        # Input normalisation of the pretrained weights (METHOD.md 10.9): 0.5/0.5 for augreg ViTs.
+        # Input normalisation of the pretrained weights (ours, docs/method.md section 2): 0.5/0.5 for augreg ViTs.
         self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -72,7 +72,7 @@ class DSMNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, x01: torch.Tensor) -> torch.Tensor:
-        """The map DSMix uses: `forward` without gradients, clamped at 0 (METHOD.md 3.1)."""
+        """The map DSMix uses: `forward` without gradients, clamped at 0 (docs/method.md 3.1)."""
         return self.forward(x01).float().clamp(min=0)
 
     def meta(self) -> dict:
@@ -155,7 +155,7 @@ def build_dsm_net(arch: str = DEFAULT_ARCH, image_size: int = 224, pretrained: b
             inference too: the position embedding is resampled on the fly).
         pretrained: True (timm's default weights for `arch`, from the hub or its cache), False
             (random initialisation) or a local weights file in timm's format.
-        decoder: "linear" (Linear(D, 1), the default [R]) or "mlp" (D -> D -> GELU -> 1).
+        decoder: "linear" (Linear(D, 1), the default, ours) or "mlp" (D -> D -> GELU -> 1).
         **vit_kwargs: extra timm model arguments (e.g. `depth=2` for tests); `None` values are
             dropped by timm.
 

@@ -135,8 +135,8 @@ def _load_timm(name: str, device: torch.device) -> Encoder:
         raise DsmixError(
             f"--encoder timm:{name}: could not get its ImageNet weights ({type(exc).__name__}: {exc}). "
             "timm downloads them from the Hugging Face hub into its cache (~/.cache/huggingface); "
-            "without internet, copy the cache from a connected machine, or use random:<model> "
-            "or a dsmix qep run") from None
+            f"without internet, copy that cache from a connected machine, or pass --encoder random:{name} "
+            "(random weights, a baseline) or --encoder RUN (a dsmix qep run)") from None
     mean, std, size = _timm_stats(model)
     return Encoder(_freeze(model, device), _timm_feature_dim(model), mean, std, f"timm:{name}",
                    f"timm:{name} (ImageNet weights)", size)

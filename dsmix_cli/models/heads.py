@@ -1,9 +1,9 @@
-"""Classification heads and the quality-encoder network trained by QEP (METHOD.md 3.5 and 4).
+"""Classification heads and the quality-encoder network trained by QEP (docs/method.md, section 4).
 
 `QualityEncoderNet` is a `ResNetBackbone` (the quality encoder, exported alone after
 pre-training) with MLP heads on its global-average-pooled layer4 feature: a 26-way type head
 (0 = pristine + 25 types), a 6-way level head (0 = pristine + 5 levels) and, optionally, a
-126-way joint head (section 10 item 5).
+126-way joint head (`qep --joint-head`; why two heads by default: docs/method.md section 4).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dsmix_cli.models.resnet import ResNetBackbone
 
 
 class MLPHead(nn.Sequential):
-    """in_dim -> hidden -> BatchNorm -> ReLU -> num_classes (METHOD.md 4 [R], SaTQA's projector pattern)."""
+    """in_dim -> hidden -> BatchNorm -> ReLU -> num_classes (ours: SaTQA's projector pattern, docs/method.md 4)."""
 
     def __init__(self, in_dim: int, num_classes: int, hidden: int = 1024):
         super().__init__(

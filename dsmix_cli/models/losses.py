@@ -1,4 +1,4 @@
-"""The QEP losses: soft cross-entropy (Eq. 6) and the semantic KD loss (Eq. 7), METHOD.md 3.5 and 4."""
+"""The QEP losses: soft cross-entropy (Eq. 6) and the semantic KD loss (Eq. 7), docs/method.md section 5."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """CosD of one stage: 1 - cos(vec(F_s[n]), vec(F_t[n])), averaged over samples n (METHOD.md 4 [R])."""
+    """CosD of one stage: 1 - cos(vec(F_s[n]), vec(F_t[n])), averaged over samples n (ours, docs/method.md 5)."""
     s = student.float().flatten(1)
     t = teacher.float().flatten(1)
     return (1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-8)).mean()
@@ -37,7 +37,7 @@ def kd_loss(student_stages: list[torch.Tensor], teacher_stages: list[torch.Tenso
 
     Args:
         student_stages, teacher_stages: matching lists of (N, C_i, H_i, W_i) stage outputs.
-        alpha, beta: the weights of the two terms (lost in the paper; [R] 1 and 1).
+        alpha, beta: the weights of the two terms (lost from the paper's text; ours: 1 and 1).
 
     Returns:
         (total, fr, cosd): the weighted total and the two unweighted sums.

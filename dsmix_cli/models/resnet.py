@@ -83,7 +83,8 @@ def _load_pretrained_state(arch: str, pretrained: bool | str | Path) -> dict[str
         raise DsmixError(
             f"could not get the ImageNet weights of {arch} ({type(exc).__name__}: {exc}). They are "
             f"downloaded from {weights.url} into the torch hub cache ({torch.hub.get_dir()}); without "
-            f"internet, copy the file there, pass a local weights file, or use --no-pretrained"
+            f"internet, copy the file there, or give qep a local copy (--student-weights FILE for the student, "
+            f"--teacher-weights FILE for the teacher), or train from random weights with --no-pretrained"
         ) from None
 
 

@@ -1,4 +1,5 @@
-"""`dsmix make-gt-dsm`: store the ground-truth DSM of every distorted image (METHOD.md 1, step 6).
+"""`dsmix make-gt-dsm`: store the ground-truth DSM of every distorted image (docs/method.md,
+section 1).
 
 One map per distorted image at full resolution, `OUT/<distorted-stem>.npy`, shape
 (H // pool, W // pool), float16 by default. Each file is written atomically, so a killed run
@@ -10,7 +11,7 @@ these (it computes the ground truth on the fly from the shared crop); they serve
 `pretrain-dsm --gt-maps` and `qep --dsm-source maps`.
 
 With `dsm_model` the maps are instead the DSM network's predictions on each whole distorted
-image (clamped at 0, METHOD.md 3.1), cropped to whole patches: a cache that lets
+image (clamped at 0, docs/method.md section 3.1), cropped to whole patches: a cache that lets
 `qep --dsm-source maps` use the network's maps without running the ViT at every step. The
 folder's `maps.json` records which kind of map it holds, and a rerun refuses to mix kinds.
 """

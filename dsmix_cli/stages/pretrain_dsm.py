@@ -1,7 +1,7 @@
-"""`dsmix pretrain-dsm`: train the DSM network F_theta (METHOD.md section 2) with the shared engine.
+"""`dsmix pretrain-dsm`: train the DSM network F_theta (docs/method.md, section 2) with the shared engine.
 
 The recipe is the paper's unless an option says otherwise: random 224 crops shared by the
-distorted image and its reference (and a shared horizontal flip, [R]), the ground truth computed
+distorted image and its reference (and a shared horizontal flip, ours), the ground truth computed
 on the fly from the crop pair (or read from `make-gt-dsm` maps), MSE (Eq. 2), AdamP (lr 5e-3,
 weight decay 1e-4, package defaults otherwise), one cosine over all iterations of `--epochs`
 (no warm-up unless `--warmup-epochs`), batch 40, 10 epochs. A random 5 % of the references is
@@ -36,24 +36,29 @@ from dsmix_cli.fileio import write_json
 
 KIND = "pretrain-dsm"
 PREVIEW_FILE = "dsm_preview.png"
-# Set to a folder to make every rank write its final weights there as rank<R>.safetensors
-# (used by the DDP test to check that the ranks agree).
-
-# The METHOD.md [P]/[P?]/[R] choices this stage makes, recorded in config.json and checkpoints.
+# The fixed method choices of this stage (no option sets them), recorded in config.json and the
+# checkpoints under "method". Each says whose choice it is, as docs/method.md marks it: "paper"
+# (the paper states it), "ours" (the paper is silent; this project chose), and the section of
+# docs/method.md that gives the reasoning.
 METHOD_CHOICES = {
-    "gt": "channel mean of |d - r| on [0,1] pixels, avg-pool kernel=stride=patch, no padding (METHOD 1) [P]/[R]",
-    "gt_source": "on the fly from the shared crop [R] (or stored maps with --gt-maps)",
-    "crop": "one random crop shared by distorted and reference (METHOD 1.5, 10.10)",
-    "cls_token": "removed; patch part of the pretrained position embedding only (METHOD 2) [P]",
-    "final_norm": "kept [R]",
-    "decoder_output": "no activation in training; clamp >= 0 at use (METHOD 10.19) [R]",
-    "normalisation": "the ViT's own data-config mean/std; GT from unnormalised pixels (METHOD 10.9) [R]",
-    "loss": "MSE over batch and map cells (Eq. 2) [P]",
-    "optimizer": "AdamP, package defaults besides lr and weight decay (on all parameters) [P]",
-    "schedule": "single cosine over epochs x steps per epoch, no restarts (METHOD 10.11) [R]",
-    "validation": "held-out references, centre crops, MSE; selects best.pt [R]",
-    "batch": "--batch-size is the global batch, split evenly over DDP ranks [R]",
+    "gt": "channel mean of |d - r| on [0,1] pixels, avg-pool kernel=stride=patch, no padding "
+          "(paper: mean and pooling; ours: stride, no padding, [0,1]; docs/method.md section 1)",
+    "gt_source": "on the fly from the shared crop, or stored maps with --gt-maps (ours; docs/method.md section 1)",
+    "crop": "one random crop and flip shared by distorted and reference (ours; docs/method.md section 1)",
+    "cls_token": "removed; patch part of the pretrained position embedding only (paper; docs/method.md section 2)",
+    "final_norm": "kept (ours; docs/method.md section 2)",
+    "decoder_output": "no activation in training; clamp >= 0 at use (ours; docs/method.md section 2)",
+    "normalisation": "the ViT's own data-config mean/std; GT from unnormalised pixels (ours; docs/method.md section 2)",
+    "loss": "MSE over batch and map cells, Eq. 2 (paper; docs/method.md section 2)",
+    "optimizer": "AdamP, package defaults besides lr and weight decay, on all parameters (paper; docs/method.md "
+                 "section 2)",
+    "schedule": "single cosine over epochs x steps per epoch, no restarts (paper: cosine; ours: its span; "
+                "docs/method.md section 2)",
+    "validation": "held-out references, centre crops, MSE; selects best.pt (ours; docs/method.md section 2)",
+    "batch": "--batch-size is the global batch, split evenly over DDP ranks (ours; docs/training.md)",
 }
+
+
 @dataclass
 class PretrainDSMConfig:
     """Options of `pretrain-dsm` (defaults: the paper's recipe)."""
