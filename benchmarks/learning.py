@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -54,8 +55,7 @@ class Row:
     overrides: dict | None
 
 
-# The headline row and its variants. A new pretext is one more entry, e.g.
-# "qpt": Row("QPT-style contrastive", {"pretext": "qpt"}).
+# The headline row and its variants; a new pretext is one more entry, as "qpt" is.
 ROWS: dict[str, Row] = {
     "random": Row("random init (no pre-training)", None),
     "dsmix": Row("DSMix (Mix 3, normalized labels)", {}),
@@ -64,6 +64,8 @@ ROWS: dict[str, Row] = {
     "plain": Row("plain supervision (--mix 1 --pristine-share 0)", {"mix": 1, "pristine_share": 0.0}),
     "share-half": Row("DSMix, pristine share 1/2", {"pristine_share": 0.5}),
     "rescale-crop": Row("DSMix, per-crop rescale (--rescale crop)", {"rescale": "crop"}),
+    # the second pretext: no type/level heads, so no pretext accuracy; only the probe compares
+    "qpt": Row("QPT-style contrastive (--pretext qpt)", {"pretext": "qpt"}),
     # the levers, before and after (not in the default study; --rows picks them)
     "paper-recipe": Row("DSMix, the paper's optimiser and schedule as --epochs 120 would run them",
                         {"optimizer": "sgd", "lr": 0.01, "lr_schedule": "step", "warmup_steps": 0, "epochs": 120,
@@ -72,7 +74,7 @@ ROWS: dict[str, Row] = {
                                                                   "lr_schedule": "step", "warmup_steps": 0}),
     "native": Row("DSMix, references at their own 500 px (no --ref-resize)", {"ref_resize": None}),
 }
-DEFAULT_ROWS = ("random", "dsmix", "area", "nomix", "plain", "share-half", "rescale-crop")
+DEFAULT_ROWS = ("random", "dsmix", "area", "nomix", "plain", "share-half", "rescale-crop", "qpt")
 
 
 @dataclass
@@ -148,7 +150,9 @@ def train(row: Row, seed: int, s: Settings, split: dict, work: Path, log) -> dic
     from dsmix_cli.stages.qep import run_qep
 
     out = work / "runs" / f"{row_name(row)}-s{seed}"
-    results = out / "results.json"
+    # a DSMix run's results.json holds its validation; the study adds its timing there. A qpt
+    # run has no pretext validation: the study keeps its step and timing beside it.
+    results = out / ("study.json" if row.overrides.get("pretext") == "qpt" else "results.json")
     done = json.loads(results.read_text()) if results.exists() else {}
     if done.get("step") == s.steps and done.get("timing"):
         log(f"  {out.name}: done already (step {done['step']})")
@@ -168,7 +172,7 @@ def train(row: Row, seed: int, s: Settings, split: dict, work: Path, log) -> dic
 
     summary = run_qep(cfg, on_progress=progress)
     seconds = time.perf_counter() - t0
-    record = json.loads(results.read_text())
+    record = json.loads(results.read_text()) if results.exists() else {"step": summary["step"], "finished": True}
     record["timing"] = {"seconds": round(seconds, 1), "steps_run": summary["step"],
                         "seconds_per_step": round(seconds / max(summary["step"], 1), 4),
                         "resumed": cfg.resume, "torch_threads": torch.get_num_threads()}
@@ -176,6 +180,11 @@ def train(row: Row, seed: int, s: Settings, split: dict, work: Path, log) -> dic
 
     write_json(results, record)
     return record
+
+
+def _num(v) -> float:
+    """A figure read back from a results.json, where NaN was written as null."""
+    return math.nan if v is None else float(v)
 
 
 def row_name(row: Row) -> str:
@@ -215,11 +224,27 @@ def probe(encoder: Path, s: Settings, split: dict, work: Path, name: str) -> dic
     return run_probe(cfg)
 
 
-def run_study(s: Settings, clive: Path, work: Path, log=print, checkpoint=None) -> dict:
+def finished(name: str, seed: int, s: Settings, work: Path) -> bool:
+    """Whether row `name` with `seed` has its run and its probe in `work` already."""
+    row = ROWS[name]
+    if not (work / "probes" / f"{name}-s{seed}" / "results.json").exists():
+        return False
+    if row.overrides is None:
+        return True
+    out = work / "runs" / f"{name}-s{seed}"
+    done = out / ("study.json" if row.overrides.get("pretext") == "qpt" else "results.json")
+    if not done.exists():
+        return False
+    rec = json.loads(done.read_text())
+    return rec.get("step") == s.steps and bool(rec.get("timing"))
+
+
+def run_study(s: Settings, clive: Path, work: Path, log=print, checkpoint=None, only_finished: bool = False) -> dict:
     """Train and probe every row with every seed; the record (not yet summarised).
 
     Seed by seed (every row's first seed before any row's second), so a study stopped early
-    still has every row; `checkpoint(record)` is called after each run and probe."""
+    still has every row; `checkpoint(record)` is called after each run and probe. With
+    `only_finished`, nothing is trained: the record holds the runs `work` has finished."""
     os.environ.setdefault("DSMIX_HOME", str(work / "home"))  # no default model of the user changes
     t0 = time.perf_counter()
     split = split_clive(clive, s, work)
@@ -235,6 +260,9 @@ def run_study(s: Settings, clive: Path, work: Path, log=print, checkpoint=None) 
     for seed in s.seeds:
         for name in s.rows:
             row = ROWS[name]
+            if only_finished and not finished(name, seed, s, work):
+                log(f"{name} seed {seed}: not run yet, left out")
+                continue
             log(f"{name} seed {seed}")
             if row.overrides is None:
                 run, encoder = None, random_encoder(seed, s, work)
@@ -244,9 +272,9 @@ def run_study(s: Settings, clive: Path, work: Path, log=print, checkpoint=None) 
             res = probe(encoder, s, split, work, f"{name}-s{seed}")
             rows[name]["seeds"][str(seed)] = {
                 "val": None if run is None else {k: v for k, v in run.items() if k not in ("type_confusion",)},
-                "probe": {"median_srcc": res["median"]["srcc"], "median_plcc": res["median"]["plcc"],
-                          "splits_srcc": [r["srcc"] for r in res["splits"]], "seconds": res["seconds"]}}
-            log(f"  probe median SRCC {res['median']['srcc']:.3f}")
+                "probe": {"median_srcc": _num(res["median"]["srcc"]), "median_plcc": _num(res["median"]["plcc"]),
+                          "splits_srcc": [_num(r["srcc"]) for r in res["splits"]], "seconds": res["seconds"]}}
+            log(f"  probe median SRCC {_num(res['median']['srcc']):.3f}")
             if checkpoint is not None:
                 checkpoint(record())
     return record()
@@ -263,7 +291,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the record here ('-' for stdout)")
     ap.add_argument("--docs-img", type=Path, help="write the study's pictures into this folder")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, 1 on a busy machine)")
+    ap.add_argument("--only-finished", action="store_true",
+                    help="train nothing: record the rows and seeds --work has finished (a study cut short)")
+    ap.add_argument("--report", type=Path, metavar="RECORD",
+                    help="print the table of a record again (with --docs-img: redraw its pictures) and stop")
     args = ap.parse_args(argv)
+    if args.report:
+        record = json.loads(args.report.read_text())
+        record.update(summarize(record))
+        print(format_table(record))
+        if args.docs_img:
+            write_pictures(record, args.docs_img)
+        return 0
     s = Settings(steps=args.steps)
     if args.quick:
         s = replace(s, seeds=(0,), rows=("random", "dsmix"))
@@ -288,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({**finish(record), "partial": True}, indent=2) + "\n")
 
-    record = finish(run_study(s, args.clive, args.work, checkpoint=checkpoint))
+    record = finish(run_study(s, args.clive, args.work, checkpoint=checkpoint, only_finished=args.only_finished))
+    if args.only_finished:
+        record["only_finished"] = True
     print(format_table(record))
     if args.docs_img:
         write_pictures(record, args.docs_img)
