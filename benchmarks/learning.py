@@ -65,7 +65,10 @@ ROWS: dict[str, Row] = {
     "share-half": Row("DSMix, pristine share 1/2", {"pristine_share": 0.5}),
     "rescale-crop": Row("DSMix, per-crop rescale (--rescale crop)", {"rescale": "crop"}),
     # the second pretext: no type/level heads, so no pretext accuracy; only the probe compares
-    "qpt": Row("QPT-style contrastive (--pretext qpt)", {"pretext": "qpt"}),
+    # 16 regions x 4 patches: the 64 encoder images of a DSMix step (32 mixed crops + 32 references);
+    # a queue of 4,096 keys, as the 2,000 steps make 32,000 (the default 65,536 would stay half random)
+    "qpt": Row("QPT-style contrastive (--pretext qpt, 16 regions x 4 patches)", {"pretext": "qpt", "batch_size": 16,
+                                                                                   "qpt_queue": 4096}),
     # the levers, before and after (not in the default study; --rows picks them)
     "paper-recipe": Row("DSMix, the paper's optimiser and schedule as --epochs 120 would run them",
                         {"optimizer": "sgd", "lr": 0.01, "lr_schedule": "step", "warmup_steps": 0, "epochs": 120,
@@ -137,12 +140,15 @@ def split_clive(clive: Path, s: Settings, work: Path) -> dict:
 def qep_config(row: Row, seed: int, s: Settings, split: dict, out: Path):
     from dsmix_cli.stages.qep import QEPConfig
 
-    fields = {**s.headline, "epochs": 1, "epoch_size": s.steps * s.headline["batch_size"], **row.overrides}
+    batch = row.overrides.get("batch_size", s.headline["batch_size"])
+    fields = {**s.headline, "epochs": 1, "epoch_size": s.steps * batch, **row.overrides}
     if fields.get("epoch_size") is None:  # an epoch of the references, as a plain run would have it
         fields.pop("epoch_size")
         fields["max_steps"] = s.steps
-    return QEPConfig(out=out, refs=split["train"], on_the_fly=True, val_refs=split["val"],
-                     val_max_images=s.val_refs * 125, seed=seed, **fields)
+    qpt = {k[4:]: fields.pop(k) for k in list(fields) if k.startswith("qpt_")}  # the nested --qpt-* options
+    cfg = QEPConfig(out=out, refs=split["train"], on_the_fly=True, val_refs=split["val"],
+                    val_max_images=s.val_refs * 125, seed=seed, **fields)
+    return replace(cfg, qpt=replace(cfg.qpt, **qpt)) if qpt else cfg
 
 
 def train(row: Row, seed: int, s: Settings, split: dict, work: Path, log) -> dict:

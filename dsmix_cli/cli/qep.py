@@ -65,7 +65,7 @@ def qep(
     mix: Annotated[int, typer.Option("--mix", help="Images per DSMix sample (1 = no mixing).")] = 3,
     paste_prob: Annotated[float, typer.Option("--paste-prob", help="Probability of each paste.")] = 1.0,
     label_mode: Annotated[str, typer.Option(
-        "--label-mode", help="normalized (default), absolute, area (plain CutMix) or one-sided (--mix 2).")] = "normalized",
+        "--label-mode", help="normalized, absolute, area (plain CutMix) or one-sided (--mix 2).")] = "normalized",
     pristine_share: Annotated[float, typer.Option(
         "--pristine-share", help="Share of the cross-entropy on the pristine references (0.5: the mean over "
                                  "the 2B images; 0 with KD off: no references at all).")] = 0.5,
@@ -119,6 +119,9 @@ def qep(
     The heads are scored on held-out references while it runs: RUN/results.json,
     val_confusion.png, val_type_level.png and curves.png; best.pt is the validation step with
     the best val_acc.
+
+    \b
+    Example: dsmix qep --refs photos/ --on-the-fly --dsm-source gt
     """
     from dsmix_cli.stages.qep import QEPConfig, run_qep
 
