@@ -64,6 +64,8 @@ ROWS: dict[str, Row] = {
     "plain": Row("plain supervision (--mix 1 --pristine-share 0)", {"mix": 1, "pristine_share": 0.0}),
     "share-half": Row("DSMix, pristine share 1/2", {"pristine_share": 0.5}),
     "rescale-crop": Row("DSMix, per-crop rescale (--rescale crop)", {"rescale": "crop"}),
+    # the references' cross-entropy off: is the pristine class what keeps DSMix's heads back?
+    "share-zero": Row("DSMix without the references (--pristine-share 0)", {"pristine_share": 0.0}),
     # the second pretext: no type/level heads, so no pretext accuracy; only the probe compares
     # 16 regions x 4 patches: the 64 encoder images of a DSMix step (32 mixed crops + 32 references);
     # a queue of 4,096 keys, as the 2,000 steps make 32,000 (the default 65,536 would stay half random)
@@ -77,7 +79,7 @@ ROWS: dict[str, Row] = {
                                                                   "lr_schedule": "step", "warmup_steps": 0}),
     "native": Row("DSMix, references at their own 500 px (no --ref-resize)", {"ref_resize": None}),
 }
-DEFAULT_ROWS = ("random", "dsmix", "area", "nomix", "plain", "share-half", "rescale-crop", "qpt")
+DEFAULT_ROWS = ("random", "dsmix", "area", "nomix", "plain", "share-half", "share-zero", "rescale-crop", "qpt")
 
 
 @dataclass

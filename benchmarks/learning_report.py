@@ -199,9 +199,10 @@ def write_pictures(record: dict, folder: Path) -> list[Path]:
                       title="probe median SRCC on the held-out CLIVE part (mean ± sd over seeds)", y_label="SRCC")
     save_image_atomic(probe, folder / "learning-probe.png")
     written.append(folder / "learning-probe.png")
-    head = summary.get("dsmix")
-    if head and head.get("per_type_level"):
-        save_image_atomic(type_level_picture(head["per_type_level"], record["settings"]["steps"]),
-                          folder / "learning-type-level.png")
-        written.append(folder / "learning-type-level.png")
+    # which distortions the heads tell apart: the headline, and the calibration row beside it
+    for name, file in (("dsmix", "learning-type-level.png"), ("plain", "learning-type-level-plain.png")):
+        row = summary.get(name)
+        if row and row.get("per_type_level"):
+            save_image_atomic(type_level_picture(row["per_type_level"], record["settings"]["steps"]), folder / file)
+            written.append(folder / file)
     return written
