@@ -97,3 +97,20 @@ def test_two_rank_qep_keeps_ranks_identical(tmp_path):
     assert len(losses) == 3 and all(map(lambda v: v == v and abs(v) < 1e6, losses))
     encoder = load_file(str(run / "encoder.safetensors"))
     assert all(torch.equal(encoder[k], w0["backbone." + k]) for k in encoder)
+    # the sharded validation, summed over the ranks, is what one process scores with rank 0's model
+    from dsmix_cli.data.references import list_references, split_references
+    from dsmix_cli.evaluation.pretext import pretext_metrics
+    from dsmix_cli.models.heads import QualityEncoderNet
+    from dsmix_cli.models.resnet import build_resnet
+    from dsmix_cli.stages.qep import _normalizer
+    from dsmix_cli.stages.qep_validation import reference_validation_set, score_heads
+
+    results = json.loads((run / "results.json").read_text())
+    assert sum(map(sum, results["type_confusion"])) == 15 + 3  # 1 held-out reference x 3 types x 5 levels + 3
+    val = split_references(list_references(refs), 0.05, 2)[1]
+    vs = reference_validation_set(val, [p.name for p in val], [1, 11, 18], [1, 2, 3, 4, 5], 32)
+    net = QualityEncoderNet(build_resnet("resnet18"))
+    net.load_state_dict(w0)
+    counts = score_heads(net, vs, torch.device("cpu"), _normalizer("resnet18", torch.device("cpu")))
+    assert counts.type_confusion.tolist() == results["type_confusion"]
+    assert pretext_metrics(counts)["val_level_acc"] == pytest.approx(results["val_level_acc"])

@@ -188,3 +188,34 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) & 0o044 == 0o044  # readable by others
     assert list(tmp_path.iterdir()) == [tmp_path / "a.json"]  # no temporary left behind
+
+
+def test_validate_every_and_best_higher_pick_best_pt(tmp_path):
+    """With `validate_every`, validation runs at its multiples and at the last step; `best_higher`
+    keeps the step with the highest metric (the earliest of equals) in best.pt."""
+    scores = iter([0.2, 0.5, 0.5, 0.4])
+    seen = []
+
+    def validate(m):
+        seen.append(len(seen))
+        return {"val_acc": next(scores)}
+
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ds = NoisyRegression()
+    spe = steps_per_epoch(len(ds), 4)  # 10
+
+    def step_fn(m, batch, gen, step):
+        x, y = batch
+        return StepOutput(loss=nn.functional.mse_loss(m(x), y), samples=len(x))
+
+    loop = LoopConfig(epochs=2, steps_per_epoch=spe, max_steps=14, seed=7, validate_every=4, best_higher=True)
+    res = fit(run_dir=tmp_path, kind="toy", config={}, model=model, optimizer=opt,
+              scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+              batches=lambda e, k: epoch_loader(ds, batch_size=4, seed=7, epoch=e, skip_batches=k),
+              training_step=step_fn, loop=loop, device=torch.device("cpu"), validate=validate, best_key="val_acc")
+    val_steps = [r["step"] for r in _log(tmp_path) if "val_acc" in r]
+    assert val_steps == [4, 8, 12, 14]  # multiples of 4 and the last step, not the epoch end (10)
+    assert res.best_metric == 0.5
+    assert checkpoint.load_checkpoint(tmp_path / "best.pt")["step"] == 8

@@ -146,7 +146,7 @@ def test_training_outputs_checked_first_and_a_full_disk_is_one_line(tmp_path, mo
         (refs / f"r{i}.png").write_bytes(encoded(photo(80 + i, h=40, w=40), "PNG"))
     common = ["qep", "--refs", refs, "--on-the-fly", "--dsm-source", "gt", "--arch", "resnet18", "--no-pretrained",
               "--image-size", "32", "--batch-size", "2", "--max-steps", "1", "--device", "cpu", "--kd-alpha", "0",
-              "--kd-beta", "0", "--types", "1", "--workers", "0"]
+              "--kd-beta", "0", "--types", "1", "--workers", "0", "--val-fraction", "0"]
     (tmp_path / "blocker").write_text("x")
     res = cli(*common, "--out", tmp_path / "blocker" / "run")
     assert res.exit_code == 2 and "is a file, not a folder" in res.stderr

@@ -19,7 +19,7 @@ from dsmix_cli.models.resnet import build_resnet, input_stats
 
 runner = CliRunner()
 TINY = ["--arch", "resnet18", "--teacher", "resnet18", "--no-pretrained", "--image-size", "32",
-        "--batch-size", "2", "--device", "cpu", "--workers", "0", "--log-every", "1"]
+        "--batch-size", "2", "--device", "cpu", "--workers", "0", "--log-every", "1", "--val-every", "100"]
 
 
 def _image(seed: int, size: int = 80) -> torch.Tensor:
@@ -70,8 +70,10 @@ def pairs(tmp_path):
     return root
 
 
-def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def _log(run: Path, training: bool = True) -> list[dict]:
+    """metrics.jsonl; the training lines only (not the validation lines) unless `training` is False."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r] if training else rows
 
 
 def _invoke(args: list[str]):
@@ -83,7 +85,7 @@ def test_acceptance_on_the_fly_gt(refs, tmp_path):
     run = tmp_path / "run"
     res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), "--arch",
                    "resnet18", "--teacher", "resnet18", "--no-pretrained", "--image-size", "64", "--batch-size",
-                   "8", "--max-steps", "8", "--device", "cpu", "--seed", "1", "--workers", "0"])
+                   "8", "--max-steps", "8", "--device", "cpu", "--seed", "1", "--workers", "0", "--val-every", "4"])
     assert res.exit_code == 0, res.output
     assert "RANDOM weights" in res.output  # the random teacher is announced
     last = _log(run)[-1]
@@ -110,7 +112,7 @@ def test_acceptance_on_the_fly_gt(refs, tmp_path):
 def test_resume_refuses_a_changed_objective_and_resume_alone_finishes_the_run(pairs, tmp_path):
     run = tmp_path / "run"
     res = _invoke(["--data", str(pairs), "--dsm-source", "gt", "--epochs", "1", "--out", str(run), "--max-steps", "2",
-                   *TINY])  # kd_alpha 1.0 (the default); 8 pairs / batch 2: 4 steps per epoch
+                   "--val-fraction", "0", *TINY])  # kd_alpha 1.0 (the default); 8 pairs / batch 2: 4 steps/epoch
     assert res.exit_code == 0, res.output
     res = _invoke(["--resume", "--out", str(run), "--kd-alpha", "0.1", "--lr-gamma", "0.5", "--types", "1-3"])
     assert res.exit_code == 2, res.output
@@ -226,6 +228,13 @@ def gt_like(d):
     (["--refs", "EMPTY", "--on-the-fly", "--dsm-source", "gt"], "no image files"),
     (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--epoch-size", "1"], "fewer than one batch"),
     (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--types", "26"], "out of range"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--pristine-share", "1"], "--pristine-share"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--rescale", "whole"], "--rescale"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--ref-resize", "16"], "smaller than"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--optimizer", "lamb"], "--optimizer"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--lr-schedule", "poly"], "--lr-schedule"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--val-refs", "EMPTY/none"], "--val-refs"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--val-refs", "EMPTY"], "no image files"),
 ])
 def test_bad_options_exit_2_with_a_clear_message(args, message, refs, tmp_path):
     (tmp_path / "empty").mkdir()
@@ -292,3 +301,120 @@ def test_compile_flag_compiles_the_student_in_place(refs, tmp_path, monkeypatch)
     from safetensors.torch import load_file
 
     assert all(not k.startswith("_orig_mod") for k in load_file(str(run / "encoder.safetensors")))
+
+
+def test_validation_is_logged_shown_and_written(refs, tmp_path):
+    run = tmp_path / "v"
+    res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), "--max-steps", "4",
+                   "--kd-alpha", "0", "--kd-beta", "0", "--types", "1,11,16", "--levels", "1,5",
+                   *TINY[:-2], "--val-every", "2"])
+    assert res.exit_code == 0, res.output
+    out = res.output.replace("\n", " ")
+    assert "validation: 1 held-out references, 6 distorted crops + 3 pristine" in out
+    assert "held-out pretext accuracy at step 4" in out and "results.json" in out
+    val = [r for r in _log(run, training=False) if "val_acc" in r]
+    assert [r["step"] for r in val] == [2, 4]
+    results = json.loads((run / "results.json").read_text())
+    assert results["step"] == 4 and results["finished"] is False  # stopped by --max-steps
+    for key in ("val_type_acc", "val_level_acc", "val_pristine_acc", "val_called_pristine", "val_acc"):
+        assert results[key] == pytest.approx(val[-1][key]) and 0 <= results[key] <= 1
+    assert [h["step"] for h in results["history"]] == [2, 4]
+    assert results["val_set"]["distorted_crops"] == 6 and results["val_set"]["pristine_crops"] == 3
+    assert sum(map(sum, results["type_confusion"])) == 9 and len(results["per_type"]) == 25
+    assert results["per_type"]["11 white_noise"]["n"] == 2 and results["per_type"]["2 lens_blur"]["n"] == 0
+    best = max(val, key=lambda r: (r["val_acc"], -r["step"]))
+    assert results["best_step"] == best["step"]
+    assert torch.load(run / "best.pt", weights_only=True)["step"] == best["step"]
+    for name in ("val_confusion.png", "val_type_level.png", "curves.png"):
+        assert (run / name).stat().st_size > 1000, name
+    config = json.loads((run / "config.json").read_text())
+    assert config["rescale"] == "image" and config["pristine_share"] == 0.5 and config["val_every"] == 2
+    assert "whole reference" in config["method"]["rescale"]
+
+
+def test_resume_with_validation_is_exact(refs, tmp_path):
+    common = ["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--types", "1,16", "--levels", "2",
+              "--kd-alpha", "0", "--kd-beta", "0", *TINY[:-2], "--val-every", "2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _invoke([*common, "--out", str(a), "--max-steps", "4"]).exit_code == 0
+    assert _invoke([*common, "--out", str(b), "--max-steps", "3"]).exit_code == 0
+    res = _invoke([*common, "--out", str(b), "--max-steps", "4", "--resume"])
+    assert res.exit_code == 0, res.output
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]  # noqa: E731
+    assert drop(_log(a)) == drop(_log(b))  # the training is exact
+    va = {r["step"]: r for r in _log(a, training=False) if "val_acc" in r}
+    vb = {r["step"]: r for r in _log(b, training=False) if "val_acc" in r}
+    # the stopped run was also scored where it stopped (step 3); every other validation is the same
+    assert sorted(va) == [2, 4] and sorted(vb) == [2, 3, 4]
+    assert all(va[s] == vb[s] for s in va)
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    assert ra["type_confusion"] == rb["type_confusion"] and [h["step"] for h in rb["history"]] == [2, 3, 4]
+
+
+def test_val_refs_are_left_out_of_training(refs, tmp_path):
+    import shutil
+
+    val = tmp_path / "val"
+    val.mkdir()
+    shutil.copy(refs / "r0.png", val / "r0.png")
+    (refs / "link.png").symlink_to(val / "r0.png")  # the same file under another name: left out too
+    run = tmp_path / "r"
+    res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--val-refs", str(val), "--out", str(run),
+                   "--max-steps", "1", "--types", "16", "--levels", "1", *TINY])
+    assert res.exit_code == 0, res.output
+    out = res.output.replace("\n", " ")
+    assert "--val-refs: 1 of the training references are validation references" in out
+    assert "QEP: 6 samples/epoch" in out  # 7 files, 1 of them the validation image
+    assert json.loads((run / "results.json").read_text())["val_set"]["references"] == 1
+
+
+@pytest.mark.parametrize("share", [1 / 6, 0.0])
+def test_pristine_share_weights_the_two_cross_entropies(share):
+    """loss = (1 - share) CE(mixed) + share CE(references); share 0 with KD off runs no reference."""
+    from dsmix_cli.stages.qep import QEPConfig, make_training_step
+
+    g = torch.Generator().manual_seed(0)
+    fixed = {"type": torch.randn(6, 26, generator=g), "level": torch.randn(6, 6, generator=g)}
+    rows = []
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, return_stages=False):
+            rows.append(x.shape[0])
+            return {k: v[:x.shape[0]] + self.w for k, v in fixed.items()}, [x]
+
+    cfg = QEPConfig(out=Path("unused"), mix=1, kd_alpha=0, kd_beta=0, arch="resnet18", pristine_share=share)
+    step = make_training_step(cfg, torch.device("cpu"), lambda d, r, b: gt_like(d), teacher=None)
+    batch = {"dist": torch.zeros(3, 3, 16, 16, dtype=torch.uint8), "ref": torch.zeros(3, 3, 16, 16, dtype=torch.uint8),
+             "type": torch.tensor([4, 9, 25]), "level": torch.tensor([1, 5, 3])}
+    out = step(Stub(), batch, torch.Generator().manual_seed(1), 0)
+
+    def ce(z, labels):
+        z = z.numpy().astype(np.float64)
+        lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return -np.mean([lp[i, c] for i, c in enumerate(labels)])
+
+    d = ce(fixed["type"][:3], [4, 9, 25]) + ce(fixed["level"][:3], [1, 5, 3])
+    r = ce(fixed["type"][3:], [0, 0, 0]) + ce(fixed["level"][3:], [0, 0, 0])
+    assert out.loss.item() == pytest.approx((1 - share) * d + share * r, rel=1e-5)
+    assert rows == ([6] if share else [3]) and out.samples == (6 if share else 3)
+    assert ("ce_ref" in out.parts) == bool(share)
+
+
+def test_adamw_cosine_and_warmup_set_the_learning_rate(refs, tmp_path):
+    run = tmp_path / "o"
+    res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), "--max-steps", "3",
+                   "--optimizer", "adamw", "--lr", "0.004", "--lr-schedule", "cosine", "--warmup-steps", "2",
+                   "--epochs", "2", "--kd-alpha", "0", "--kd-beta", "0", "--val-fraction", "0", "--types", "16",
+                   *TINY])
+    assert res.exit_code == 0, res.output
+    lrs = [r["lr"] for r in _log(run)]
+    total = json.loads((run / "config.json").read_text())["total_steps"]
+    cos = lambda s: 0.5 * (1 + math.cos(math.pi * (s - 2) / (total - 2)))  # noqa: E731
+    assert lrs == pytest.approx([0.004 * 0.5, 0.004 * 1.0, 0.004 * cos(2)])
+    assert "no held-out references" in res.output
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert "exp_avg" in str(ckpt["optimizer"]["state"][0].keys())  # AdamW state

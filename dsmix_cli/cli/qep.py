@@ -28,6 +28,24 @@ def qep(
         "--epoch-size", help="On the fly: samples per epoch (default: the number of references).")] = None,
     types: Annotated[str, typer.Option("--types", help="On the fly: distortion types to draw from.")] = "1-25",
     levels: Annotated[str, typer.Option("--levels", help="On the fly: levels to draw from.")] = "1-5",
+    rescale: Annotated[str, typer.Option(
+        "--rescale", help="On the fly: min-max rescale each crop as its whole image (image: the whole "
+                          "reference's range and histogram, as the MATLAB code rescales whole images) or by its "
+                          "own range (crop).")] = "image",
+    ref_resize: Annotated[Optional[int], typer.Option(
+        "--ref-resize", min=8, help="On the fly: resize every reference so that its shorter side is N pixels "
+                                    "before cropping (default: as they are).")] = None,
+    cache_refs: Annotated[bool, typer.Option(
+        "--cache-refs", help="On the fly: decode every reference once and keep it in memory.")] = False,
+    val_refs: Annotated[Optional[Path], typer.Option(
+        "--val-refs", help="Held-out references for the pretext validation (default: a seeded --val-fraction "
+                           "of the training references, which training then leaves out).")] = None,
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", help="Share of the references held out for validation (0: none).")] = 0.05,
+    val_every: Annotated[Optional[int], typer.Option(
+        "--val-every", min=1, help="Steps between validations (default: each epoch end); also at the end.")] = None,
+    val_max_images: Annotated[int, typer.Option(
+        "--val-max-images", min=1, help="Distorted validation crops at most.")] = 2000,
     dsm_source: Annotated[str, typer.Option(
         "--dsm-source", help="DSMs for the label weights: model (the frozen DSM network, the paper's choice), "
                              "gt (from the pair) or maps (make-gt-dsm output).")] = "model",
@@ -47,7 +65,10 @@ def qep(
     mix: Annotated[int, typer.Option("--mix", help="Images per DSMix sample (1 = no mixing).")] = 3,
     paste_prob: Annotated[float, typer.Option("--paste-prob", help="Probability of each paste.")] = 1.0,
     label_mode: Annotated[str, typer.Option(
-        "--label-mode", help="normalized (default), absolute, area (plain CutMix) or one-sided (--mix 2).")] = "normalized",
+        "--label-mode", help="normalized, absolute, area (plain CutMix) or one-sided (--mix 2).")] = "normalized",
+    pristine_share: Annotated[float, typer.Option(
+        "--pristine-share", help="Share of the cross-entropy on the pristine references (0.5: the mean over "
+                                 "the 2B images; 0 with KD off: no references at all).")] = 0.5,
     joint_head: Annotated[bool, typer.Option("--joint-head", help="Add the 126-way joint head.")] = False,
     head_hidden: Annotated[int, typer.Option("--head-hidden", help="Hidden width of the MLP heads.")] = 1024,
     kd_alpha: Annotated[float, typer.Option("--kd-alpha", help="Weight of the feature-MAE KD term.")] = 1.0,
@@ -58,7 +79,14 @@ def qep(
     lr: Annotated[float, typer.Option("--lr", help="SGD learning rate (x0.9 every 5 epochs).")] = 0.01,
     lr_step_epochs: Annotated[int, typer.Option("--lr-step-epochs", help="Epochs between LR decays.")] = 5,
     lr_gamma: Annotated[float, typer.Option("--lr-gamma", help="LR decay factor.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="SGD weight decay.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay.")] = 1e-4,
+    optimizer: Annotated[str, typer.Option(
+        "--optimizer", help="sgd (with momentum 0.9, the paper's) or adamw.")] = "sgd",
+    lr_schedule: Annotated[str, typer.Option(
+        "--lr-schedule", help="step (x --lr-gamma every --lr-step-epochs, the paper's) or cosine (over all "
+                              "steps).")] = "step",
+    warmup_steps: Annotated[int, typer.Option(
+        "--warmup-steps", min=0, help="Linear LR warm-up steps (the paper: 0).")] = 0,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
     skip_bad: SkipBadOpt = False,
     workers: WorkersOpt = min(4, os.cpu_count() or 1),
@@ -83,11 +111,17 @@ def qep(
     qpt_dim: Q.DimOpt = Q.DEFAULTS["dim"],
     qpt_hidden: Q.HiddenOpt = Q.DEFAULTS["hidden"],
 ) -> None:
-    """Quality-encoder pre-training (QEP): DSMix + soft cross-entropy + semantic KD (METHOD.md 3-4).
+    """Quality-encoder pre-training (QEP): DSMix + soft cross-entropy + semantic KD.
 
     Writes RUN/config.json, metrics.jsonl, last.pt/best.pt and RUN/encoder.safetensors (the
     encoder `dsmix probe --encoder RUN` loads); a run that finishes its schedule becomes the
     default encoder. `--resume --out RUN` alone continues a stopped run with its saved settings.
+    The heads are scored on held-out references while it runs: RUN/results.json,
+    val_confusion.png, val_type_level.png and curves.png; best.pt is the validation step with
+    the best val_acc.
+
+    \b
+    Example: dsmix qep --refs photos/ --on-the-fly --dsm-source gt
     """
     from dsmix_cli.stages.qep import QEPConfig, run_qep
 
@@ -101,6 +135,9 @@ def qep(
                           qpt_hidden),
         data=data, refs=refs, on_the_fly=on_the_fly, epoch_size=epoch_size,
         types=parse_int_list(types, 1, 25, "--types"), levels=parse_int_list(levels, 1, 5, "--levels"),
+        rescale=rescale, ref_resize=ref_resize, cache_refs=cache_refs, val_refs=val_refs, val_fraction=val_fraction,
+        val_every=val_every, val_max_images=val_max_images, pristine_share=pristine_share, optimizer=optimizer,
+        lr_schedule=lr_schedule, warmup_steps=warmup_steps,
         dsm_source=dsm_source, dsm_model=dsm_model, dsm_maps=dsm_maps, dsm_pool=dsm_pool, arch=arch,
         teacher=teacher, pretrained=pretrained, student_weights=student_weights, teacher_weights=teacher_weights,
         mix=mix, paste_prob=paste_prob, label_mode=label_mode, joint_head=joint_head, head_hidden=head_hidden,
@@ -112,10 +149,17 @@ def qep(
         log_every=log_every, checkpoint_every=checkpoint_every, allow_outside_root=allow_outside_root)
     if resume:
         cfg = resumed_config(ctx, cfg, rename={"compile_model": "compile", **Q.RESUME_NAMES})
-    with report.Bars({"qep": "step"}) as bars:
+    with report.Bars({"qep-refs": "img", "qep-val-set": "ref", "qep": "step"}) as bars:
         result = run_qep(cfg, info=report.info, on_progress=lambda p: bars(
-            "qep", p["step"], p["total"], loss=p["loss"], lr=p["lr"]))
+            p.get("phase", "qep"), p["step"], p["total"],
+            **({"loss": p["loss"], "lr": p["lr"], **p.get("val", {})} if "loss" in p else {})))
     loss = "n/a" if result["last_loss"] is None else f"{result['last_loss']:.4f}"
+    if result.get("val_type_acc") is not None:
+        report.table(f"held-out pretext accuracy at step {result['step']} (best.pt: step {result['best_step']})",
+                     ["type", "level", "pristine", "distorted called pristine", "type, no pristine answer"],
+                     [(result["val_type_acc"], result["val_level_acc"], result["val_pristine_acc"],
+                       result["val_called_pristine"], result["val_type_acc_no_pristine"])])
+        report.info(f"validation in {Path(result['run']) / 'results.json'}")
     if result["finished"]:
         report.info(f"qep: finished at step {result['step']} (loss {loss}); encoder {result['encoder']} "
                     f"is now the default encoder")

@@ -24,8 +24,8 @@ from dsmix_cli.distortions.denoise import denoiser_name, set_denoiser
 
 __all__ = [
     "NUM_TYPES", "NUM_LEVELS", "TYPES", "TYPE_NAMES", "CPU_ONLY_TYPES", "RANDOM_TYPES",
-    "MONOTONE_TYPES", "DistortionType", "distort", "distort_batch", "level_value", "mapmm",
-    "set_denoiser", "denoiser_name",
+    "MONOTONE_TYPES", "HISTOGRAM_TYPES", "DistortionType", "distort", "distort_batch", "level_value", "mapmm",
+    "whole_image_context", "crop_out_range", "set_denoiser", "denoiser_name",
 ]
 
 NUM_TYPES = 25
@@ -46,6 +46,10 @@ class DistortionType:
         cpu_only: runs through Pillow on the CPU.
         random: draws from the generator.
         monotone: level 5 departs further from the reference than level 1.
+        histogram: computed from the image's value histogram (MATLAB thresholds the whole
+            image), so a crop can be given its whole image's (`fn(..., histogram=...)`).
+        pointwise: each output value is a monotone function of the same input value alone, so
+            an image spanning [0, 1] comes out spanning [fn(0), fn(1)] (`crop_out_range`).
         shared: optional `fn(x1, values) -> [tensor per value]` for one image at several
             levels at once, cheaper than one call per level (JPEG2000: one encoding).
     """
@@ -59,6 +63,8 @@ class DistortionType:
     cpu_only: bool = False
     random: bool = False
     monotone: bool = True
+    histogram: bool = False
+    pointwise: bool = False
     shared: Callable | None = None
 
 
@@ -88,23 +94,26 @@ TYPES: dict[int, DistortionType] = {t.number: t for t in (
     _T(15, "denoise", "imdenoise", "variance", (0.01, 0.03, 0.05, 0.1, 0.15), noise.denoise_distortion,
        random=True),
     _T(16, "brighten", "imbrighten", "amount", (0.1, 0.2, 0.4, 0.7, 1.1), tone.brighten),
-    _T(17, "darken", "imdarken", "amount", (0.05, 0.1, 0.2, 0.4, 0.8), tone.darken),
-    _T(18, "mean_shift", "immeanshift", "shift", (0.15, 0.08, 0, -0.08, -0.15), tone.mean_shift, monotone=False),
+    _T(17, "darken", "imdarken", "amount", (0.05, 0.1, 0.2, 0.4, 0.8), tone.darken, pointwise=True),
+    _T(18, "mean_shift", "immeanshift", "shift", (0.15, 0.08, 0, -0.08, -0.15), tone.mean_shift, monotone=False,
+       pointwise=True),
     _T(19, "jitter", "imjitter", "amount", (0.05, 0.1, 0.2, 0.5, 1), spatial.jitter, random=True),
     _T(20, "non_eccentricity_patch", "imnoneccentricity", "patches", (20, 40, 60, 80, 100),
        spatial.non_eccentricity_patch, random=True),
     _T(21, "pixelate", "impixelate", "strength", (0.01, 0.05, 0.1, 0.2, 0.5), spatial.pixelate),
-    _T(22, "quantization", "imnoisequantize", "thresholds", (20, 16, 13, 10, 7), tone.quantization),
+    _T(22, "quantization", "imnoisequantize", "thresholds", (20, 16, 13, 10, 7), tone.quantization,
+       histogram=True),
     _T(23, "color_block", "imcolorblock", "blocks", (2, 4, 6, 8, 10), spatial.color_block, random=True),
     _T(24, "high_sharpen", "imsharpenHi", "amount", (1, 2, 3, 6, 12), blur.high_sharpen),
     _T(25, "contrast_change", "imcontrastc", "amount", (0.3, 0.15, 0, -0.4, -0.6), tone.contrast_change,
-       monotone=False),
+       monotone=False, pointwise=True),
 )}
 
 TYPE_NAMES: dict[int, str] = {n: t.name for n, t in TYPES.items()}
 CPU_ONLY_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.cpu_only)
 RANDOM_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.random)
 MONOTONE_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.monotone)
+HISTOGRAM_TYPES: frozenset[int] = frozenset(n for n, t in TYPES.items() if t.histogram)
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -126,8 +135,57 @@ def level_value(dist_type: int, level: int) -> float:
     return float(_check(dist_type, level).levels[level - 1])
 
 
+def whole_image_context(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a crop needs to know of its whole image to be distorted as the whole image is.
+
+    The MATLAB dispatcher works on whole images: its first `mapmm` uses the whole image's
+    range, and type 22 thresholds the whole image's histogram. Pass the two results to
+    `distort`/`distort_batch` (`in_range`, `histogram`) with a crop of `x`.
+
+    Args:
+        x: (B, 3, H, W) whole images in [0, 1] (or uint8).
+
+    Returns:
+        ((B, 2) float32 (min, max) over all channels, (B, 256) float32 value histogram of the
+        image after the first rescale, binned as `tone.multithresh` bins it).
+    """
+    b = x.shape[0]
+    if x.dtype != torch.uint8:
+        flat = x.float().reshape(b, -1)
+        value_range = torch.stack([flat.amin(dim=1), flat.amax(dim=1)], dim=1)
+        return value_range, tone.value_histogram(mapmm(x.float(), value_range)).float()
+    # 8-bit images: count the 256 values once, then bin each value as mapmm + multithresh would
+    flat = x.reshape(b, -1)
+    value_range = torch.stack([flat.amin(dim=1), flat.amax(dim=1)], dim=1).float() / 255.0
+    counts = torch.stack([torch.bincount(row.long() if row.device.type == "mps" else row, minlength=256)
+                          for row in flat]).float()
+    values = (torch.arange(256, dtype=torch.float32, device=x.device) / 255.0).view(1, 1, 1, 256).expand(b, 1, 1, 256)
+    bins = (mapmm(values, value_range).reshape(b, 256) * 255).round().clamp(0, 255).long()
+    return value_range, torch.zeros(b, 256, device=x.device).scatter_add_(1, bins, counts)
+
+
+def crop_out_range(types: Sequence[int], levels: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """The second rescale's (min, max) for crops distorted as their whole images, (B, 2).
+
+    MATLAB's second `mapmm` uses the range of the whole distorted image, which a crop cannot see.
+    After the first rescale the whole image spans [0, 1]; for a `pointwise` type it then comes
+    out spanning [fn(0), fn(1)] exactly; for every other type [0, 1] is used, which is what the
+    types that clip to [0, 1] and keep the extremes give, and close to it for the others
+    (docs/qep.md, "The on-the-fly rescale").
+    """
+    out = torch.tensor([[0.0, 1.0]], device=device).repeat(len(types), 1)
+    for i, (t, lv) in enumerate(zip(types, levels)):
+        spec = _check(int(t), int(lv))
+        if spec.pointwise:
+            ends = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2).contiguous()
+            y = spec.fn(ends, [float(spec.levels[int(lv) - 1])], None)
+            out[i] = torch.stack([y.min(), y.max()]).to(device)
+    return out
+
+
 def _pipeline(x: torch.Tensor, spec: DistortionType, values: list[float], gens: Generators, mapmm_: bool,
-              in_range: torch.Tensor | None, out_range: torch.Tensor | None, out: torch.Tensor) -> None:
+              in_range: torch.Tensor | None, out_range: torch.Tensor | None, out: torch.Tensor,
+              histogram: torch.Tensor | None = None) -> None:
     """`mapmm`, the distortion, `mapmm` and the clip to [0, 1] of a float32 batch, written into `out`.
 
     The distortion functions may overwrite the buffer they are given (it is always a new one).
@@ -137,7 +195,7 @@ def _pipeline(x: torch.Tensor, spec: DistortionType, values: list[float], gens: 
         y = _matlab.mapmm_(x, in_range, out=torch.empty_like(x) if own else None, copy=own)
     else:
         y = x.clone() if own else x
-    y = spec.fn(y, values, gens)
+    y = spec.fn(y, values, gens) if histogram is None else spec.fn(y, values, gens, histogram=histogram)
     if not mapmm_:
         torch.clamp(y, 0.0, 1.0, out=out)
         return
@@ -151,7 +209,8 @@ def _one_image(y: torch.Tensor, in_range: torch.Tensor | None) -> bool:
 
 
 def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator: Generators,
-         mapmm_: bool, in_range: torch.Tensor | None = None, out_range: torch.Tensor | None = None) -> torch.Tensor:
+         mapmm_: bool, in_range: torch.Tensor | None = None, out_range: torch.Tensor | None = None,
+         histogram: torch.Tensor | None = None) -> torch.Tensor:
     """One type on a batch: on the CPU image by image (each image's working set stays in the
     cache, so a batch is never slower per image than a single image); elsewhere batched."""
     device, dtype = x.device, x.dtype
@@ -165,12 +224,15 @@ def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator
     for k, r in rows.items():
         if r is not None:
             rows[k] = torch.as_tensor(r).to(device=y.device, dtype=torch.float32).reshape(b, 2)
+    hist = None
+    if spec.histogram and histogram is not None:  # the crops' whole-image histograms (type 22)
+        hist = torch.as_tensor(histogram).to(device=y.device).reshape(b, -1)
     if y.device.type != "cpu":
         out = torch.empty_like(y)
-        _pipeline(y, spec, values, gens, mapmm_, rows["in"], rows["out"], out)
+        _pipeline(y, spec, values, gens, mapmm_, rows["in"], rows["out"], out, hist)
         return out.to(device=device, dtype=dtype)
     work = torch.empty(y.shape, dtype=torch.float32)
-    if spec.shared is not None and b > 1 and len(set(values)) > 1 and _one_image(y, rows["in"]):
+    if spec.shared is not None and hist is None and b > 1 and len(set(values)) > 1 and _one_image(y, rows["in"]):
         first = _matlab.mapmm_(y[:1], None if rows["in"] is None else rows["in"][:1],
                                out=torch.empty_like(y[:1])) if mapmm_ else y[:1].clone()
         for i, z in enumerate(spec.shared(first, values)):
@@ -183,13 +245,13 @@ def _run(x: torch.Tensor, spec: DistortionType, levels: Sequence[int], generator
         sl = slice(i, i + 1)
         _pipeline(y[sl], spec, values[sl], _random.subset(gens, [i]), mapmm_,
                   None if rows["in"] is None else rows["in"][sl], None if rows["out"] is None else rows["out"][sl],
-                  work[sl])
+                  work[sl], None if hist is None else hist[sl])
     return work.to(device=device, dtype=dtype)
 
 
 def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators = None,
             *, mapmm: bool = True, in_range: torch.Tensor | None = None,
-            out_range: torch.Tensor | None = None) -> torch.Tensor:
+            out_range: torch.Tensor | None = None, histogram: torch.Tensor | None = None) -> torch.Tensor:
     """Apply one KADID distortion at one level to a batch (MATLAB `imdist_generator`).
 
     Args:
@@ -207,6 +269,8 @@ def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators =
             image's own range: a crop passes its whole image's range, as MATLAB rescales whole
             images.
         out_range: the same for the second rescale (the range the whole distorted image has).
+        histogram: optional (B, 256) value histogram of each whole image after the first
+            rescale (`whole_image_context`), for the types that threshold it (22); others ignore it.
 
     Returns:
         A tensor of x's shape, dtype and device, in [0, 1]. CPU-only types (6, 9) run on the CPU
@@ -215,12 +279,12 @@ def distort(x: torch.Tensor, dist_type: int, level: int, generator: Generators =
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
     spec = _check(int(dist_type), int(level))
-    return _run(x, spec, [int(level)] * x.shape[0], generator, mapmm, in_range, out_range)
+    return _run(x, spec, [int(level)] * x.shape[0], generator, mapmm, in_range, out_range, histogram)
 
 
 def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, generator: Generators = None,
                   *, mapmm: bool = True, in_range: torch.Tensor | None = None,
-                  out_range: torch.Tensor | None = None) -> torch.Tensor:
+                  out_range: torch.Tensor | None = None, histogram: torch.Tensor | None = None) -> torch.Tensor:
     """Apply a (type, level) per image; each type present runs once on its images.
 
     Args:
@@ -229,7 +293,7 @@ def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, ge
         levels: (B,) 1-based levels.
         generator: as in `distort`: a list gives each image its own; a single generator
             first draws one seed per image, in image order (`_random.split`).
-        mapmm, in_range, out_range: as in `distort` ((B, 2) ranges, one row per image).
+        mapmm, in_range, out_range, histogram: as in `distort` (one row per image).
 
     Returns:
         The distorted batch (x's shape, dtype and device). A batch of one type goes through
@@ -245,13 +309,15 @@ def distort_batch(x: torch.Tensor, types: torch.Tensor, levels: torch.Tensor, ge
         _check(t, lv)
     generator = _random.split(generator, x.shape[0])
     if len(set(t_list)) == 1:
-        return _run(x, TYPES[t_list[0]], l_list, generator, mapmm, in_range, out_range)
+        return _run(x, TYPES[t_list[0]], l_list, generator, mapmm, in_range, out_range, histogram)
     out = torch.empty_like(x)
     for t in sorted(set(t_list)):
         idx = [i for i, u in enumerate(t_list) if u == t]
         rows = torch.as_tensor(idx, device=x.device)
         sub = _run(x[idx], TYPES[t], [l_list[i] for i in idx], _random.subset(generator, idx), mapmm,
                    None if in_range is None else torch.as_tensor(in_range, device=x.device)[rows],
-                   None if out_range is None else torch.as_tensor(out_range, device=x.device)[rows])
+                   None if out_range is None else torch.as_tensor(out_range, device=x.device)[rows],
+                   None if histogram is None or not TYPES[t].histogram
+                   else torch.as_tensor(histogram, device=x.device)[rows])
         out[torch.as_tensor(idx, device=x.device)] = sub
     return out

@@ -69,7 +69,22 @@ def _histograms(idx: torch.Tensor, dt: torch.dtype, bins: int = 256) -> torch.Te
     return torch.bincount((idx + offset).flatten(), minlength=b * bins).view(b, bins).to(dt)
 
 
-def multithresh(x: torch.Tensor, n: int, bins: int = 256) -> torch.Tensor:
+def value_histogram(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """The `bins`-bin histogram of all the values (every channel) of each image, binned as
+    `multithresh` bins them: bin = round(value * (bins - 1)).
+
+    Args:
+        x: (B, C, H, W) in [0, 1].
+
+    Returns:
+        (B, bins) float64 counts (float32 on MPS).
+    """
+    dt = torch.float64 if x.device.type != "mps" else torch.float32
+    idx = x.reshape(x.shape[0], -1).mul(bins - 1).round().clamp_(0, bins - 1).long()
+    return _histograms(idx, dt, bins)
+
+
+def multithresh(x: torch.Tensor, n: int, bins: int = 256, histogram: torch.Tensor | None = None) -> torch.Tensor:
     """Otsu's `n`-threshold partition of each image's histogram (MATLAB `multithresh`).
 
     The exact optimum of the between-class variance over a `bins`-bin histogram of all the
@@ -78,13 +93,16 @@ def multithresh(x: torch.Tensor, n: int, bins: int = 256) -> torch.Tensor:
     Args:
         x: (B, C, H, W) in [0, 1].
         n: number of thresholds.
+        histogram: optional (B, bins) counts to threshold instead of x's own (the whole
+            image's, for a crop).
 
     Returns:
         (B, n) int64 bin indices: class k holds bins (t[k-1], t[k]].
     """
     dt = torch.float64 if x.device.type != "mps" else torch.float32
-    idx = x.reshape(x.shape[0], -1).mul(bins - 1).round_().clamp_(0, bins - 1).long()
-    return _multithresh_hist(_histograms(idx, dt, bins), n)
+    if histogram is not None:
+        return _multithresh_hist(torch.as_tensor(histogram, device=x.device).to(dt).reshape(x.shape[0], bins), n)
+    return _multithresh_hist(value_histogram(x, bins), n)
 
 
 def _multithresh_hist(hist: torch.Tensor, n: int) -> torch.Tensor:
@@ -124,24 +142,34 @@ def _multithresh_hist(hist: torch.Tensor, n: int) -> torch.Tensor:
     return torch.stack(thresholds[::-1], dim=1)
 
 
-def quantization(x: torch.Tensor, levels: Amount, generator: _random.Gen = None) -> torch.Tensor:
+def quantization(x: torch.Tensor, levels: Amount, generator: _random.Gen = None,
+                 histogram: torch.Tensor | None = None) -> torch.Tensor:
     """Type 22, MATLAB `imnoisequantize(im, n)`: thr = `multithresh(im, n)` over all channels,
     then `imquantize(im, thr, [0, thr(2:end), 1])`; n = 20, 16, 13, 10, 7.
 
     Both steps work on the values' 256-bin indices: one histogram for the thresholds, then a
-    256-entry table (each bin's output value) looked up once per value.
+    256-entry table (each bin's output value) looked up once per value. `histogram` (B, 256),
+    optional: the thresholds come from these counts (the whole image's, for a crop) instead of
+    from x's own values.
     """
+    ns = per_sample(levels, x.shape[0])
 
-    def one(xs: torch.Tensor, n: float) -> torch.Tensor:
+    def one(xs: torch.Tensor, n: float, hist: torch.Tensor | None = None) -> torch.Tensor:
         n = int(n)
         b = xs.shape[0]
         dt = torch.float64 if xs.device.type != "mps" else torch.float32
         idx = _bins8(xs)
-        thr_bins = _multithresh_hist(_histograms(idx, dt), n)  # (B, n)
+        counts = _histograms(idx, dt) if hist is None else torch.as_tensor(hist, device=xs.device).to(dt).reshape(b, 256)
+        thr_bins = _multithresh_hist(counts, n)  # (B, n)
         thr = thr_bins.to(xs.dtype) / 255.0
         values = torch.cat([torch.zeros_like(thr[:, :1]), thr[:, 1:], torch.ones_like(thr[:, :1])], dim=1)
         every = torch.arange(256, device=xs.device).expand(b, 256).contiguous()
         table = values.gather(1, torch.searchsorted(thr_bins.contiguous(), every))  # (B, 256)
         return table.gather(1, idx).view_as(xs)
 
-    return apply_per_value(x, per_sample(levels, x.shape[0]), one)
+    if histogram is None:
+        return apply_per_value(x, ns, one)
+    out = torch.empty_like(x)
+    for i, n in enumerate(ns):  # each crop with its own whole image's histogram
+        out[i:i + 1] = one(x[i:i + 1], n, torch.as_tensor(histogram)[i:i + 1])
+    return out

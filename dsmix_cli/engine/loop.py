@@ -57,6 +57,8 @@ class LoopConfig:
     checkpoint_every: int = 500
     grad_clip: float | None = None
     sync_bn: bool = True  # under DDP on CUDA, BatchNorm statistics over the global batch
+    validate_every: int | None = None  # steps between validations (and at the last step); None: epoch ends
+    best_higher: bool = False  # the best_key metric is better when higher (an accuracy)
 
     @property
     def total_steps(self) -> int:
@@ -131,10 +133,12 @@ def fit(
         training_step: `training_step(model, batch, gen, step)` -> `StepOutput`; runs under
             autocast; `gen` is a CPU generator seeded by (seed, step, rank).
         loop: the schedule and logging/checkpointing cadence.
-        validate: optional, called at each epoch end (and at the end) on the unwrapped model;
-            returns metrics logged with the step, e.g. `{"val_loss": 0.01}`.
-        best_key: the `validate` metric (lower is better) that selects `best.pt`; without it,
-            the mean training loss of the epoch does.
+        validate: optional, called on the unwrapped model at each epoch end, or with
+            `loop.validate_every` every that many steps and at the last step; returns metrics
+            logged with the step, e.g. `{"val_loss": 0.01}`. It must draw no random numbers
+            from the global generators the training uses (exact resume).
+        best_key: the `validate` metric that selects `best.pt` (lower is better, higher with
+            `loop.best_higher`); without it, the mean training loss of the epoch does.
         on_progress: called after every step with a dict (step, total, loss, lr, ...).
         on_save: called (rank 0) after each `last.pt` is written, with the unwrapped model and
             step, e.g. to export weights for later stages.
@@ -244,15 +248,19 @@ def fit(
                 on_progress({"step": step, "total": stop, "loss": last_loss, "lr": lr, "epoch": epoch})
 
             epoch_done = step % spe == 0
-            if epoch_done:
+            val_now = validate is not None and (
+                (step % loop.validate_every == 0 or step == stop) if loop.validate_every else epoch_done)
+            if epoch_done or val_now:
                 metrics: dict[str, float] = {}
-                if validate is not None:
+                if val_now:
                     metrics = validate(_unwrap(train_model))
                     train_model.train()
                     log({"step": step, "epoch": epoch, **metrics})
                 value = metrics.get(best_key) if best_key else (
-                    sum(epoch_losses) / len(epoch_losses) if epoch_losses else None)
-                if value is not None and math.isfinite(value) and (best_metric is None or value < best_metric):
+                    sum(epoch_losses) / len(epoch_losses) if epoch_losses and epoch_done else None)
+                better = value is not None and math.isfinite(value) and (
+                    best_metric is None or (value > best_metric if loop.best_higher else value < best_metric))
+                if better:
                     best_metric = value
                     checkpoint(best_path, step)
             if step == stop or epoch_done or step % loop.checkpoint_every == 0:

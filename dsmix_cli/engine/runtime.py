@@ -155,3 +155,25 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / info.world_size
+
+
+def trim_memory() -> None:
+    """Give freed heap memory back to the system (glibc `malloc_trim`; a no-op elsewhere).
+
+    Long loops of large, short-lived CPU tensors between small long-lived ones (distorting whole
+    images to keep a few crops) fragment glibc's heap: without this, the resident size of such a
+    loop grows by hundreds of MB per image instead of staying flat.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None

@@ -37,3 +37,14 @@ def step_decay(steps_per_epoch: int, every_epochs: int = 5, gamma: float = 0.9) 
         return gamma ** (epoch // every_epochs)
 
     return factor
+
+
+def with_warmup(factor: Callable[[int], float], warmup_steps: int) -> Callable[[int], float]:
+    """`factor` times a linear warm-up over the first `warmup_steps` steps ((s + 1) / warmup)."""
+    if warmup_steps <= 0:
+        return factor
+
+    def warmed(step: int) -> float:
+        return min(1.0, (step + 1) / warmup_steps) * factor(step)
+
+    return warmed

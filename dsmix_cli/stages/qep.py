@@ -1,6 +1,6 @@
-"""Quality-encoder pre-training (QEP) with DSMix and semantic distillation (METHOD.md 3-4).
+"""Quality-encoder pre-training (QEP) with DSMix and semantic distillation (docs/method.md).
 
-One step (METHOD.md 4, Algorithm 1 as reconstructed): B distorted crops and their B reference
+One step (the paper's Algorithm 1 as reconstructed): B distorted crops and their B reference
 crops; the DSM of every unmixed distorted crop (frozen DSM network, or the ground truth of the
 pair); DSMix of the distorted crops with DSM-weighted soft labels; soft cross-entropy of the
 type / level (/ joint) heads over the 2B images (references one-hot pristine); KD of the
@@ -8,7 +8,8 @@ student's layer1..4 features towards a frozen ImageNet teacher on the references
 
 Data come from a pre-generated pair folder (`data`, via `dsmix_cli.data.pairs`) or are made on
 the fly: reference crops from `refs`, distorted on the training device inside the step with a
-type and level drawn uniformly per sample from the step's generator.
+type and level drawn uniformly per sample from the step's generator. The heads are scored on
+held-out references every `val_every` steps (`stages.qep_validation`).
 """
 
 from __future__ import annotations
@@ -19,21 +20,21 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.nn import functional as F
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from dsmix_cli import defaults
 from dsmix_cli.dsmix import LABEL_MODES, mix, mix_weights, pristine_targets, soft_targets
 from dsmix_cli.engine import schedules
 from dsmix_cli.engine.checkpoint import export_weights
-from dsmix_cli.engine.data import BadInputs, epoch_loader, split_keys, steps_per_epoch
+from dsmix_cli.engine.data import BadInputs, epoch_loader, steps_per_epoch
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
 from dsmix_cli.engine.resume import check_resume_config, read_run_config
-from dsmix_cli.engine.runtime import (generator, init_distributed, resolve_amp, resolve_device,
-                                      seed_everything)
+from dsmix_cli.engine.runtime import init_distributed, resolve_amp, resolve_device, seed_everything
+from dsmix_cli.data.references import (RESCALE_MODES, ReferenceCropDataset, collate_on_the_fly,  # noqa: F401
+                                       list_references, split_references)
 from dsmix_cli.errors import CheckpointError, DatasetError, DsmixError
 from dsmix_cli.fileio import write_json
-from dsmix_cli.imageio import is_image_file, load_rgb_tensor, to_float, to_uint8
+from dsmix_cli.imageio import to_float
 from dsmix_cli.models.heads import QualityEncoderNet
 from dsmix_cli.models.losses import kd_loss, soft_cross_entropy
 from dsmix_cli.models.resnet import RESNET_ARCHS, build_resnet, input_stats
@@ -42,13 +43,15 @@ from dsmix_cli.qpt import QPTOptions
 KIND = "qep"
 ENCODER_FILE = "encoder.safetensors"
 DSM_SOURCES = ("model", "gt", "maps")
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclass
 class QEPConfig:
-    """Everything a QEP run needs; defaults are the paper's full-scale recipe (METHOD.md 4).
+    """Everything a QEP run needs; defaults are the paper's full-scale recipe (docs/method.md).
 
-    Every [R]/[P?] choice of METHOD.md is a field here and lands in `config.json` and the
+    Every choice the paper leaves open is a field here and lands in `config.json` and the
     checkpoints; the fixed readings (box sampling, reference batching, KD stages, CosD form)
     are recorded under `method`.
     """
@@ -62,6 +65,13 @@ class QEPConfig:
     epoch_size: int | None = None       # on the fly: samples per epoch (default: number of refs)
     types: list[int] = field(default_factory=lambda: list(range(1, 26)))  # on the fly: drawn uniformly
     levels: list[int] = field(default_factory=lambda: list(range(1, 6)))
+    rescale: str = "image"              # on the fly: min-max rescale as the whole image (MATLAB) | crop
+    ref_resize: int | None = None       # on the fly: shorter side of every reference before cropping
+    cache_refs: bool = False            # on the fly: decode every reference once and keep it in memory
+    val_refs: Path | None = None        # held-out references (default: a seeded val_fraction of the data's)
+    val_fraction: float = 0.05
+    val_every: int | None = None        # steps between validations (default: each epoch end) and at the end
+    val_max_images: int = 2000          # distorted validation crops at most
     dsm_source: str = "model"           # model (paper) | gt | maps
     dsm_model: str | None = None        # run folder or file; default: the last pretrain-dsm run
     dsm_maps: Path | None = None        # make-gt-dsm output, with dsm_source=maps
@@ -74,6 +84,7 @@ class QEPConfig:
     mix: int = 3                        # sources per DSMix sample (Mix = 3, [P])
     paste_prob: float = 1.0             # probability of each paste ([R] always)
     label_mode: str = "normalized"      # normalized [P?] | absolute | area | one-sided
+    pristine_share: float = 0.5         # share of the CE on the references (paired batching: 1/2)
     joint_head: bool = False            # the optional 126-way head (section 10 item 5)
     head_hidden: int = 1024
     kd_alpha: float = 1.0               # [R] the values were lost
@@ -86,6 +97,9 @@ class QEPConfig:
     weight_decay: float = 1e-4
     lr_step_epochs: int = 5             # x lr_gamma every lr_step_epochs epochs (StepLR(5, 0.9))
     lr_gamma: float = 0.9
+    lr_schedule: str = "step"           # step (the paper's StepLR by epochs) | cosine (over all steps)
+    warmup_steps: int = 0               # linear LR warm-up (the paper: none)
+    optimizer: str = "sgd"              # sgd (the paper, with momentum) | adamw
     flip: bool = True
     skip_bad: bool = False              # replace unreadable samples by the next readable one (else stop)
     workers: int = 4
@@ -107,7 +121,9 @@ class QEPConfig:
             "box_sampling": "cutmix: area fraction ~ U(0,1), side sqrt(rho), uniform centre, clipped, per sample",
             "pastes": "mix-1 boxes from independent permutations, later boxes hide earlier ones",
             "reference_batching": "paired: batch_size distorted + their batch_size references per step",
-            "ce_reduction": "mean over the 2B images, summed over the heads",
+            "ce_reduction": "(1 - pristine_share) x mean CE of the B mixed crops + pristine_share x mean CE of "
+                            "the B references, summed over the heads (0.5: the mean over the 2B images); with "
+                            "pristine_share 0 and KD off the references are not run through the student",
             "kd_stages": ["layer1", "layer2", "layer3", "layer4"],
             "kd_cosd": "1 - cos of flattened per-sample stage features, mean over samples",
             "kd_on": "reference crops only",
@@ -116,97 +132,75 @@ class QEPConfig:
             "input_norm": "student and teacher: their own ImageNet mean/std; GT DSM from [0,1] pixels",
             "on_the_fly": "type and level uniform per sample (drawn with its crop); JPEG2000 and colour "
                           "quantization applied to the crop in the loader workers, the rest batched on the device",
+            "rescale": {"image": "first min-max rescale by the whole reference's range, type 22 thresholds on the "
+                                 "whole reference's histogram, second rescale by [0, 1]",
+                        "crop": "both min-max rescales by the crop's own range"}[self.rescale]
+            if self.rescale in RESCALE_MODES else self.rescale,
+            "validation": "held-out references; unmixed, unflipped crops of whole-image distortions (on the fly) or "
+                          "of the held-out pairs, crop and noise seeded per (reference, type, level); type/level "
+                          "top-1 over distorted crops, pristine over reference crops; best.pt = highest val_acc",
         }
         return {k: (os.path.abspath(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
 # ------------------------------------------------------------------------------------- data
 
-class ReferenceCropDataset(Dataset):
-    """Random crops (and flips) of reference images, keyed by `(epoch, index)` for exact resume.
-
-    Item i of an epoch is reference `i % len(paths)`; its crop and flip come from
-    `generator(seed, "sample", epoch, i)`. An image smaller than the crop is first resized so
-    that its shorter side equals the crop size.
-
-    With `types`/`levels` (on-the-fly QEP) each item also draws its distortion type and level,
-    uniformly, from the same generator. Types that only run on the CPU through Pillow
-    (`cpu_types`: JPEG2000 and colour quantization) are applied right here, in the data-loader
-    workers, so they never stall the training device; the item then carries the distorted
-    8-bit crop and `premade=True`. Every other type is applied batched on the training device
-    in the training step.
-    """
-
-    def __init__(self, paths: list[Path], crop_size: int, seed: int, flip: bool = True,
-                 epoch_size: int | None = None, types: list[int] | None = None,
-                 levels: list[int] | None = None, cpu_types: frozenset[int] = frozenset()):
-        self.paths, self.crop, self.seed, self.flip = paths, crop_size, seed, flip
-        self.size = epoch_size or len(paths)
-        self.types, self.levels, self.cpu_types = types, levels, cpu_types
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, key) -> dict:
-        epoch, index = split_keys(key)
-        img = load_rgb_tensor(self.paths[index % len(self.paths)])
-        g = generator(self.seed, "sample", epoch, index)
-        h, w = img.shape[-2:]
-        if min(h, w) < self.crop:
-            scale = self.crop / min(h, w)
-            size = (max(self.crop, round(h * scale)), max(self.crop, round(w * scale)))
-            img = F.interpolate(img[None].float(), size=size, mode="bilinear", antialias=False,
-                                align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-            h, w = size
-        top = int(torch.randint(h - self.crop + 1, (1,), generator=g))
-        left = int(torch.randint(w - self.crop + 1, (1,), generator=g))
-        img = img[:, top:top + self.crop, left:left + self.crop]
-        if self.flip and bool(torch.rand(1, generator=g) < 0.5):
-            img = img.flip(-1)
-        item = {"ref": img.contiguous()}
-        if self.types is not None:
-            t = self.types[int(torch.randint(len(self.types), (1,), generator=g))]
-            lv = self.levels[int(torch.randint(len(self.levels), (1,), generator=g))]
-            item.update(type=t, level=lv, premade=t in self.cpu_types)
-            if item["premade"]:  # the other types are distorted on the device, in the step
-                from dsmix_cli.distortions import distort
-
-                item["dist"] = to_uint8(distort(to_float(item["ref"])[None], t, lv, generator=g)[0])
-        return item
-
-
-def collate_on_the_fly(items: list[dict]) -> dict:
-    """Batch on-the-fly items: `dist` holds only the crops already distorted in the workers
-    (rows where `premade` is True, in order), so the other rows cost no extra transfer."""
-    batch = default_collate([{k: v for k, v in it.items() if k != "dist"} for it in items])
-    premade = [it["dist"] for it in items if it["premade"]]
-    batch["dist"] = torch.stack(premade) if premade else torch.empty(0, *items[0]["ref"].shape, dtype=torch.uint8)
-    return batch
-
-
-def list_references(folder: Path, info: Callable[[str], None] = lambda _m: None) -> list[Path]:
-    """The image files under `folder` (recursively, sorted, each file once, links to folders not
-    followed: `paths.walk_files`; what is skipped goes to `info`); a `DatasetError` when there
-    are none."""
-    from dsmix_cli.paths import walk_files
-
-    if not folder.is_dir():
-        raise DatasetError("--refs: not a folder", folder)
-    walk = walk_files(folder, is_image_file)
-    for line in walk.skipped:
-        info(line)
-    if not walk.files:
-        raise DatasetError("--refs: no image files found", folder)
-    return sorted(walk.files)  # Path order, as before: a resumed run keeps its references' order
-
-
-def _pair_dataset(cfg: QEPConfig) -> Dataset:
+def _pair_dataset(cfg: QEPConfig, pairs: list | None = None) -> Dataset:
     """Pairs of a pre-generated folder; with `dsm_source=maps` the stored maps are cropped alongside."""
     from dsmix_cli.data.pairs import PairCropDataset, load_pairs
 
     maps = Path(cfg.dsm_maps) if cfg.dsm_source == "maps" else None
-    pairs = load_pairs(Path(cfg.data), allow_outside_root=cfg.allow_outside_root)
+    pairs = load_pairs(Path(cfg.data), allow_outside_root=cfg.allow_outside_root) if pairs is None else pairs
     return PairCropDataset(pairs, cfg.image_size, cfg.seed, flip=cfg.flip, gt_maps=maps, pool=cfg.dsm_pool)
+
+
+@dataclass
+class HeldOut:
+    """The training data and the held-out references of a run (`held_out`)."""
+
+    train: list                                          # references (on the fly) or pairs
+    val_refs: list[Path] = field(default_factory=list)   # distorted whole for the validation set
+    val_pairs: list = field(default_factory=list)        # or: the held-out pairs (--data)
+    keys: list[str] = field(default_factory=list)        # a stable name per validation reference / pair
+
+
+def _key(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def held_out(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None) -> HeldOut:
+    """Split the references: `--val-refs` (left out of the training data wherever they appear),
+    or a seeded `val_fraction` of the references of `--refs` / of the pair folder."""
+    from dsmix_cli.data.pairs import load_pairs, split_by_reference
+
+    refs = list_references(Path(cfg.refs), info=info) if cfg.on_the_fly else None
+    pairs = None if cfg.on_the_fly else load_pairs(Path(cfg.data), allow_outside_root=cfg.allow_outside_root)
+    if cfg.val_refs is not None:
+        val = list_references(Path(cfg.val_refs), "--val-refs", info=info)
+        held = {p.resolve() for p in val}
+        if refs is not None:
+            train = [p for p in refs if p.resolve() not in held]
+            n_before = len(refs)
+        else:
+            train = [q for q in pairs if Path(q.ref).resolve() not in held]
+            n_before = len(pairs)
+        if len(train) < n_before:
+            info(f"--val-refs: {n_before - len(train)} of the training {'references' if refs else 'pairs'} "
+                 f"are validation references; they are left out of training")
+        out = HeldOut(train, val_refs=val, keys=[_key(p, Path(cfg.val_refs)) for p in val])
+    elif refs is not None:
+        train, val = split_references(refs, cfg.val_fraction, cfg.seed)
+        out = HeldOut(train, val_refs=val, keys=[_key(p, Path(cfg.refs)) for p in val])
+    else:
+        train, val_pairs = split_by_reference(pairs, cfg.val_fraction, cfg.seed)
+        out = HeldOut(train, val_pairs=val_pairs, keys=[_key(q.ref, Path(cfg.data)) for q in val_pairs])
+    if not out.train:
+        raise DsmixError("no training data left once the validation references are held out "
+                         "(lower --val-fraction or give other --val-refs)")
+    return out
 
 
 # ------------------------------------------------------------------------------------- checks
@@ -247,13 +241,33 @@ def validate_config(cfg: QEPConfig) -> None:
             raise DsmixError(f"unknown architecture {name!r}; choose one of {', '.join(RESNET_ARCHS)}")
     if (cfg.teacher or cfg.arch) != cfg.arch and (cfg.kd_alpha or cfg.kd_beta):
         raise DsmixError(f"teacher {cfg.teacher} differs from the student {cfg.arch}: the KD stages would not "
-                         f"match (use a teacher of the same architecture, METHOD.md 4)")
+                         f"match (use a teacher of the same architecture)")
     if cfg.image_size < 32 or cfg.image_size % cfg.dsm_pool:
         raise DsmixError(f"--image-size {cfg.image_size} must be >= 32 and a multiple of the DSM pool {cfg.dsm_pool}")
     if cfg.batch_size < 2:
         raise DsmixError("--batch-size must be >= 2 (the heads use BatchNorm)")
     if cfg.kd_alpha < 0 or cfg.kd_beta < 0 or cfg.lr <= 0 or cfg.epochs < 1:
         raise DsmixError("--kd-alpha/--kd-beta must be >= 0, --lr > 0 and --epochs >= 1")
+    if not 0.0 <= cfg.pristine_share < 1.0:
+        raise DsmixError("--pristine-share must lie in [0, 1): the share of the cross-entropy on the references")
+    if cfg.rescale not in RESCALE_MODES:
+        raise DsmixError(f"--rescale {cfg.rescale!r}: choose one of {', '.join(RESCALE_MODES)}")
+    if not cfg.on_the_fly and (cfg.ref_resize is not None or cfg.cache_refs):
+        raise DsmixError("--ref-resize and --cache-refs are for --refs --on-the-fly")
+    if cfg.ref_resize is not None and cfg.ref_resize < cfg.image_size:
+        raise DsmixError(f"--ref-resize {cfg.ref_resize} is smaller than the {cfg.image_size}-pixel crop")
+    if cfg.val_refs is not None and not Path(cfg.val_refs).is_dir():
+        raise DatasetError("--val-refs: not a folder", cfg.val_refs)
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise DsmixError(f"--val-fraction {cfg.val_fraction}: expected a value in [0, 1)")
+    if (cfg.val_every is not None and cfg.val_every < 1) or cfg.val_max_images < 1:
+        raise DsmixError("--val-every and --val-max-images must be >= 1")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise DsmixError(f"--optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise DsmixError(f"--lr-schedule {cfg.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+    if cfg.warmup_steps < 0:
+        raise DsmixError("--warmup-steps must be >= 0")
     out = Path(cfg.out)
     if cfg.resume and not (out / "last.pt").exists():
         raise CheckpointError("--resume: no last.pt in the run folder (nothing to resume)", out)
@@ -290,12 +304,49 @@ def _normalizer(arch: str, device: torch.device) -> Callable[[torch.Tensor], tor
     return lambda x: (x - m) / s
 
 
+def distort_on_the_fly(batch: dict, ref: torch.Tensor, gen: torch.Generator, distort=None) -> torch.Tensor:
+    """The distorted crops of an on-the-fly batch, on `ref`'s device: the ones made in the loader
+    workers (`premade`), the others distorted here with `distort` (`distort_batch`), each crop
+    rescaled as its whole image when the batch carries `in_range` (`--rescale image`). A flipped
+    crop is distorted unflipped, then flipped: as a whole image is distorted, then cropped and
+    flipped (JPEG's block coding is not mirror-symmetric)."""
+    if distort is None:
+        from dsmix_cli.distortions import distort_batch as distort
+    device = ref.device
+    types, levels = batch["type"].long().to(device), batch["level"].long().to(device)
+    premade = batch["premade"].bool().to(device)
+    dist = ref.clone()
+    if premade.any():
+        dist[premade] = to_float(batch["dist"].to(device, non_blocking=True))
+    todo = (~premade).nonzero().flatten()
+    if len(todo):  # CPU-only types were distorted in the loader workers already
+        whole = {}
+        if "in_range" in batch:
+            rows = todo.cpu()
+            from dsmix_cli.distortions import crop_out_range
+
+            whole = {"in_range": batch["in_range"][rows].to(device), "histogram": batch["histogram"][rows].to(device),
+                     "out_range": crop_out_range(batch["type"][rows].tolist(), batch["level"][rows].tolist(), device)}
+        flipped = batch["offset"][:, 2].bool().to(device)[todo] if "offset" in batch else None
+        src = ref[todo]
+        if flipped is not None and flipped.any():
+            src[flipped] = src[flipped].flip(-1)
+        with torch.autocast(device.type, enabled=False):  # distortions in full precision
+            out = distort(src, types[todo], levels[todo], generator=gen, **whole).float().clamp(0, 1)
+        if flipped is not None and flipped.any():
+            out[flipped] = out[flipped].flip(-1)
+        dist[todo] = out
+    return dist
+
+
 def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: torch.nn.Module | None,
                        distort=None):
-    """The QEP step (METHOD.md 4, steps 1-7) as `fn(model, batch, gen, step) -> StepOutput`."""
+    """The QEP step (Algorithm 1, steps 1-7) as `fn(model, batch, gen, step) -> StepOutput`."""
     norm_s = _normalizer(cfg.arch, device)
     norm_t = _normalizer(cfg.teacher or cfg.arch, device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    share = float(cfg.pristine_share)
+    with_refs = share > 0 or teacher is not None  # else the references carry no loss: not run at all
 
     def step_fn(model, batch, gen, step) -> StepOutput:
         ref = to_float(batch["ref"].to(device, non_blocking=True))
@@ -303,14 +354,7 @@ def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: to
         with torch.no_grad():
             if cfg.on_the_fly:  # type and level drawn per sample by the dataset (uniform)
                 types, levels = batch["type"].long().to(device), batch["level"].long().to(device)
-                premade = batch["premade"].bool().to(device)
-                dist = ref.clone()
-                if premade.any():
-                    dist[premade] = to_float(batch["dist"].to(device, non_blocking=True))
-                todo = (~premade).nonzero().flatten()
-                if len(todo):  # CPU-only types were distorted in the loader workers already
-                    with torch.autocast(device.type, enabled=False):  # distortions in full precision
-                        dist[todo] = distort(ref[todo], types[todo], levels[todo], generator=gen).float().clamp(0, 1)
+                dist = distort_on_the_fly(batch, ref, gen, distort)
             else:
                 dist = to_float(batch["dist"].to(device, non_blocking=True))
                 types, levels = batch["type"].long().to(device), batch["level"].long().to(device)
@@ -319,16 +363,20 @@ def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: to
             weights = mix_weights(mixed.visible, dsm[mixed.sources], mode=cfg.label_mode)
             targets = soft_targets(types[mixed.sources], levels[mixed.sources], weights)
             pristine = pristine_targets(n, device=device)
-        x = norm_s(torch.cat([mixed.images, ref])).contiguous(memory_format=fmt)
+        x = norm_s(torch.cat([mixed.images, ref]) if with_refs else mixed.images).contiguous(memory_format=fmt)
         logits, stages = model(x, return_stages=True)
         parts: dict[str, torch.Tensor] = {}
         ce_dist = ce_ref = 0.0
         for name, z in logits.items():
-            d, r = soft_cross_entropy(z[:n], targets[name]), soft_cross_entropy(z[n:], pristine[name])
-            parts[f"ce_{name}"] = ((d + r) / 2).detach()
+            d = soft_cross_entropy(z[:n], targets[name])
+            r = soft_cross_entropy(z[n:], pristine[name]) if with_refs else torch.zeros((), device=device)
+            parts[f"ce_{name}"] = ((1 - share) * d + share * r).detach()
             ce_dist, ce_ref = ce_dist + d, ce_ref + r
-        loss = (ce_dist + ce_ref) / 2  # Eq. 6 over all 2B images, summed over the heads
-        parts["ce_dist"], parts["ce_ref"] = ce_dist.detach(), ce_ref.detach()
+        # Eq. 6 summed over the heads; share 1/2 is the mean over all 2B images
+        loss = (1 - share) * ce_dist + share * ce_ref
+        parts["ce_dist"] = ce_dist.detach()
+        if with_refs:
+            parts["ce_ref"] = ce_ref.detach()
         if teacher is not None:  # Eq. 7 on the references only
             with torch.no_grad():
                 t_stages = teacher.forward_stages(norm_t(ref).contiguous(memory_format=fmt))
@@ -336,7 +384,7 @@ def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: to
             loss = loss + kd
             parts.update(kd=kd.detach(), kd_fr=fr.detach(), kd_cosd=cosd.detach())
         parts["lambda_base"] = weights[0].mean().detach()
-        return StepOutput(loss=loss, parts=parts, samples=2 * n)
+        return StepOutput(loss=loss, parts=parts, samples=2 * n if with_refs else n)
 
     return step_fn
 
@@ -379,7 +427,9 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
         if bad:
             raise DsmixError(f"--types/--levels: {bad} outside 1-{NUM_TYPES} / 1-{NUM_LEVELS}")
         distort = distort_batch
-        ref_paths = list_references(Path(cfg.refs), info)
+    split = held_out(cfg, info)
+    if cfg.on_the_fly:
+        ref_paths = split.train
         epoch_size = cfg.epoch_size
         if epoch_size is None:  # one pass over the references, but at least one full batch
             epoch_size = max(len(ref_paths), cfg.batch_size)
@@ -387,9 +437,10 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
                 info(f"only {len(ref_paths)} references: an epoch is one batch of {epoch_size} crops")
         dataset: Dataset = ReferenceCropDataset(ref_paths, cfg.image_size, cfg.seed, flip=cfg.flip,
                                                 epoch_size=epoch_size, types=list(cfg.types),
-                                                levels=list(cfg.levels), cpu_types=CPU_ONLY_TYPES)
+                                                levels=list(cfg.levels), cpu_types=CPU_ONLY_TYPES,
+                                                rescale=cfg.rescale, resize=cfg.ref_resize)
     else:
-        dataset = _pair_dataset(cfg)
+        dataset = _pair_dataset(cfg, split.train)
     # --batch-size is the global batch (as in pretrain-dsm): under torchrun each of the N
     # processes takes batch/N, so the schedule and the samples per step do not depend on N.
     world = dist_info.world_size
@@ -432,15 +483,17 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
 
     if cfg.compile:
         model.compile()  # in place, so checkpoints and the exported encoder keep plain keys
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                fused=device.type == "cuda" or None)  # fused kernels on CUDA
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, schedules.step_decay(spe, every_epochs=cfg.lr_step_epochs, gamma=cfg.lr_gamma))
+    optimizer, scheduler = _optimizer(cfg, model, spe, device)
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config)
     info(f"QEP: {len(dataset)} samples/epoch, {spe} steps/epoch, {spe * cfg.epochs} steps in all "
          f"({cfg.epochs} epochs); device {device}, amp {amp}; run {out}")
+    progress = on_progress if dist_info.is_main else None
+    if cfg.cache_refs:
+        dataset.cache(on_progress=progress and (lambda done, total: progress(
+            {"phase": "qep-refs", "step": done, "total": total})))
+    validator = _validator(cfg, split, out, device, amp, dist_info, per_rank, info, progress)
 
     bad = BadInputs()
 
@@ -453,13 +506,88 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     def on_save(m: QualityEncoderNet, step: int) -> None:
         export_weights(out / ENCODER_FILE, m.backbone.state_dict(), encoder_meta(cfg, config, step))
 
+    inner_step = make_training_step(cfg, device, dsm_fn, teacher, distort)
+    state = {"step": 0}
+
+    def training_step(m, batch, gen, step) -> StepOutput:
+        state["step"] = step + 1
+        return inner_step(m, batch, gen, step)
+
+    def show(p: dict) -> None:  # the last validation's accuracies ride on the progress line
+        shown = validator.shown() if validator is not None else {}
+        progress({**p, "val": shown})
+
+    if validator is not None:
+        validator.step = lambda: state["step"]
     loop = LoopConfig(epochs=cfg.epochs, steps_per_epoch=spe, max_steps=cfg.max_steps, seed=cfg.seed, amp=amp,
-                      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every)
+                      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                      validate_every=cfg.val_every or spe, best_higher=True)
     result = fit(run_dir=out, kind=KIND, config=config, model=model, optimizer=optimizer, scheduler=scheduler,
-                 batches=batches, training_step=make_training_step(cfg, device, dsm_fn, teacher, distort),
-                 loop=loop, device=device, dist_info=dist_info, resume=cfg.resume, on_progress=on_progress,
-                 on_save=on_save)
-    if dist_info.is_main and result.finished:  # the chain of defaults holds finished runs only
-        defaults.record_default("encoder", out)
-    return {"run": str(out), "step": result.step, "finished": result.finished, "last_loss": result.last_loss,
-            "encoder": str(out / ENCODER_FILE), "skipped_inputs": bad.lines}
+                 batches=batches, training_step=training_step, loop=loop, device=device, dist_info=dist_info,
+                 resume=cfg.resume, validate=validator, best_key="val_acc" if validator is not None else None,
+                 on_progress=show if progress is not None else None, on_save=on_save)
+    if dist_info.is_main:
+        if validator is not None:
+            validator.write(finished=result.finished, extra={"last_loss": result.last_loss})
+        if result.finished:  # the chain of defaults holds finished runs only
+            defaults.record_default("encoder", out)
+    summary = {"run": str(out), "step": result.step, "finished": result.finished, "last_loss": result.last_loss,
+               "encoder": str(out / ENCODER_FILE), "skipped_inputs": bad.lines}
+    if validator is not None and validator.latest:
+        from dsmix_cli.evaluation.pretext import SCALARS
+
+        best = validator.best()
+        summary.update({k: validator.latest["metrics"][k] for k in SCALARS},
+                       best_step=best["step"] if best else None, best_val_acc=best["val_acc"] if best else None)
+    return summary
+
+
+def _optimizer(cfg: QEPConfig, model: torch.nn.Module, spe: int, device: torch.device):
+    """SGD with momentum and StepLR by epochs (the paper), or AdamW / a cosine over all steps, with an
+    optional linear warm-up."""
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      fused=device.type == "cuda" or None)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+    if cfg.lr_schedule == "cosine":
+        factor = schedules.cosine(spe * cfg.epochs, warmup_steps=cfg.warmup_steps)
+    else:
+        factor = schedules.with_warmup(schedules.step_decay(spe, every_epochs=cfg.lr_step_epochs, gamma=cfg.lr_gamma),
+                                       cfg.warmup_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _validator(cfg: QEPConfig, split: HeldOut, out: Path, device: torch.device, amp: str, dist_info, per_rank: int,
+               info: Callable[[str], None], progress: Callable[[dict], None] | None):
+    """The validation set of the held-out references and the `fit` callback that scores it (None
+    when nothing is held out)."""
+    from dsmix_cli.stages.qep_validation import (BEST_RULE, PretextValidator, pair_validation_set,
+                                                 reference_validation_set, score_heads)
+
+    def tick(done: int, total: int) -> None:
+        if progress is not None:
+            progress({"phase": "qep-val-set", "step": done, "total": total})
+
+    if split.val_refs:
+        vs = reference_validation_set(split.val_refs, split.keys, list(cfg.types), list(cfg.levels), cfg.image_size,
+                                      resize=cfg.ref_resize if cfg.on_the_fly else None,
+                                      max_images=cfg.val_max_images, dist_info=dist_info, on_progress=tick)
+    elif split.val_pairs:
+        vs = pair_validation_set(split.val_pairs, split.keys, cfg.image_size, max_images=cfg.val_max_images,
+                                 dist_info=dist_info, on_progress=tick)
+    else:
+        info("validation: no held-out references (--val-fraction 0 or a single reference); best.pt is the "
+             "epoch with the lowest training loss")
+        return None
+    v = vs.info
+    info(f"validation: {v['references']} held-out references, {v['distorted_crops']} distorted crops + "
+         f"{v['pristine_crops']} pristine, every {cfg.val_every or 'epoch'}{' steps' if cfg.val_every else ''} "
+         f"and at the end; {BEST_RULE}")
+    norm = _normalizer(cfg.arch, device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    score = lambda m: score_heads(m, vs, device, norm, amp=amp, batch_size=2 * per_rank,  # noqa: E731
+                                  memory_format=fmt)
+    return PretextValidator(vs, out, score, step=lambda: 0, dist_info=dist_info,
+                            summary={"val_set": v, "encoder": str(out / ENCODER_FILE)})

@@ -1,0 +1,208 @@
+"""Summaries, the table and the pictures of the QEP learning study (`learning.py`).
+
+Means and spreads are over the seeds of a row (the spread is the sample standard deviation,
+with n = the number of seeds; with 2 seeds it is |a - b| / sqrt 2). Probe comparisons are
+paired: for each seed, the per-split SRCC differences between two encoders probed on the same
+10 splits, then their median over splits, then the mean over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+VAL_KEYS = ("val_type_acc", "val_level_acc", "val_pristine_acc", "val_called_pristine", "val_type_acc_no_pristine",
+            "val_level_acc_no_pristine")
+SHORT = {"val_type_acc": "type", "val_level_acc": "level", "val_pristine_acc": "pristine",
+         "val_called_pristine": "called pristine", "val_type_acc_no_pristine": "type (no P)",
+         "val_level_acc_no_pristine": "level (no P)"}
+BUDGET_S = 90 * 60
+
+
+def _stats(values: list[float]) -> dict:
+    values = [math.nan if x is None else x for x in values]
+    v = [x for x in values if math.isfinite(x)]
+    if not v:
+        return {"mean": math.nan, "sd": math.nan, "n": 0, "values": values}
+    sd = float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
+    return {"mean": float(np.mean(v)), "sd": sd, "n": len(v), "values": values}
+
+
+def _nanmean(a: np.ndarray) -> float:
+    return float(np.nanmean(a)) if np.isfinite(a).any() else math.nan
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([math.nan if v is None else v for v in values], dtype=float)
+
+
+def paired(rows: dict, a: str, b: str) -> dict | None:
+    """SRCC of row a minus row b on the same probe splits, per seed both rows have."""
+    if a not in rows or b not in rows:
+        return None
+    per_seed, diffs = {}, []
+    for seed, ra in rows[a]["seeds"].items():
+        rb = rows[b]["seeds"].get(seed)
+        if rb is None:
+            continue
+        d = _floats(ra["probe"]["splits_srcc"]) - _floats(rb["probe"]["splits_srcc"])
+        per_seed[seed] = float(np.nanmedian(d)) if np.isfinite(d).any() else math.nan
+        diffs.extend(d[np.isfinite(d)].tolist())
+    if not per_seed:
+        return None
+    vals = [v for v in per_seed.values() if math.isfinite(v)]
+    return {"median_diff_mean_over_seeds": float(np.mean(vals)) if vals else math.nan, "per_seed": per_seed,
+            "splits_positive": int(sum(x > 0 for x in diffs)), "splits": len(diffs)}
+
+
+def _mean_curve(seeds: dict, key: str) -> tuple[list[int], list[float]]:
+    curves = [[(h["step"], h.get(key)) for h in (r["val"] or {}).get("history", [])] for r in seeds.values()]
+    curves = [c for c in curves if c]
+    if not curves:
+        return [], []
+    steps = sorted({s for c in curves for s, _ in c})
+    by_step = [[dict(c).get(s, math.nan) for c in curves] for s in steps]
+    return steps, [_nanmean(_floats(v)) for v in by_step]
+
+
+def summarize(record: dict) -> dict:
+    """`summary` (per row: validation and probe statistics over seeds, paired probe differences,
+    per-type accuracy) and `acceptance` (the issue's figures and whether each holds)."""
+    rows = record["rows"]
+    summary = {}
+    for name, row in rows.items():
+        seeds = row["seeds"]
+        s = {"label": row["label"], "seeds": sorted(seeds, key=int),
+             "probe_median_srcc": _stats([r["probe"]["median_srcc"] for r in seeds.values()])}
+        runs = [r["val"] for r in seeds.values() if r["val"]]
+        if runs:
+            s["seconds_per_step"] = _stats([v.get("timing", {}).get("seconds_per_step") for v in runs])
+        trained = [v for v in runs if "val_type_acc" in v]  # qpt has no pretext accuracy
+        if trained:
+            for k in VAL_KEYS:
+                s[k] = _stats([v.get(k) for v in trained])
+            s["best_val_acc"] = _stats([v.get("best_val_acc") for v in trained])
+            types = list(trained[0]["per_type"])
+            s["per_type_type_acc"] = {t: _nanmean(_floats([v["per_type"][t]["type_acc"] for v in trained]))
+                                      for t in types}
+            s["per_type_level_acc"] = {t: _nanmean(_floats([v["per_type"][t]["level_acc"] for v in trained]))
+                                       for t in types}
+            s["per_type_level"] = {k: [[_nanmean(_floats([v["per_type_level"][k][i][j] for v in trained]))
+                                        for j in range(5)] for i in range(25)] for k in ("type_acc", "level_acc")}
+            s["curves"] = {k: _mean_curve(seeds, k) for k in ("val_type_acc", "val_level_acc", "val_called_pristine")}
+        s["probe_vs_random"] = paired(rows, name, "random") if name != "random" else None
+        s["probe_vs_dsmix"] = paired(rows, name, "dsmix") if name not in ("dsmix", "random") else None
+        summary[name] = s
+    return {"summary": summary, "acceptance": acceptance(summary, study_cost(rows))}
+
+
+def study_cost(rows: dict) -> float:
+    """Seconds the study's training runs and probes took, summed from their own timings, so a
+    study that reused finished runs is still charged for them (a run resumed after a kill
+    counts only its resumed part)."""
+    total = 0.0
+    for row in rows.values():
+        for r in row["seeds"].values():
+            total += ((r.get("val") or {}).get("timing") or {}).get("seconds", 0.0)
+            sec = r["probe"].get("seconds")
+            total += (sec.get("total", 0.0) if isinstance(sec, dict) else (sec or 0.0))
+    return round(total, 1)
+
+
+def acceptance(summary: dict, seconds: float | None) -> dict:
+    """The issue's acceptance figures for the headline row (NaN where a row is missing)."""
+    d, p = summary.get("dsmix", {}), summary.get("plain", {})
+    g = lambda s, k: s.get(k, {}).get("mean", math.nan) if s else math.nan  # noqa: E731
+    div = lambda a, b: a / b if b else math.nan  # noqa: E731
+    vs = (d.get("probe_vs_random") or {}).get("median_diff_mean_over_seeds", math.nan)
+    fig = {"dsmix_type_acc": g(d, "val_type_acc"), "dsmix_level_acc": g(d, "val_level_acc"),
+           "type_ratio_to_plain": div(g(d, "val_type_acc"), g(p, "val_type_acc")),
+           "level_ratio_to_plain": div(g(d, "val_level_acc"), g(p, "val_level_acc")),
+           "probe_srcc_gain_over_random": vs,
+           "probe_median_srcc_gap": g(d, "probe_median_srcc") - g(summary.get("random", {}), "probe_median_srcc")}
+    need = {"dsmix_type_acc": 0.3, "dsmix_level_acc": 0.3, "type_ratio_to_plain": 0.9, "level_ratio_to_plain": 0.9,
+            "probe_srcc_gain_over_random": 0.05, "probe_median_srcc_gap": 0.05}
+    out = {"figures": fig, "thresholds": need,
+           "holds": {k: (bool(fig[k] >= v) if math.isfinite(fig[k]) else None) for k, v in need.items()}}
+    if seconds is not None:
+        out["study_seconds"] = seconds
+        out["within_90_minutes"] = seconds <= BUDGET_S
+    return out
+
+
+def _fmt(st: dict | None) -> str:
+    if not st or not math.isfinite(st.get("mean", math.nan)):
+        return "-"
+    sd = st.get("sd", math.nan)
+    return f"{st['mean']:.3f}" + (f" ± {sd:.3f}" if sd is not None and math.isfinite(sd) else "")
+
+
+def table_rows(record: dict) -> list[list[str]]:
+    """One line per row: validation accuracies, probe SRCC, paired gains (formatted)."""
+    out = []
+    for name, s in record["summary"].items():
+        pr, pd = s.get("probe_vs_random"), s.get("probe_vs_dsmix")
+        out.append([name, s["label"], str(len(s["seeds"])), *(_fmt(s.get(k)) for k in VAL_KEYS),
+                    _fmt(s["probe_median_srcc"]),
+                    f"{pr['median_diff_mean_over_seeds']:+.3f} ({pr['splits_positive']}/{pr['splits']})" if pr else "-",
+                    f"{pd['median_diff_mean_over_seeds']:+.3f} ({pd['splits_positive']}/{pd['splits']})" if pd else "-"])
+    return out
+
+
+HEADER = ["row", "configuration", "seeds", "type acc", "level acc", "pristine acc", "called pristine",
+          "type (no P)", "level (no P)", "probe SRCC", "vs random", "vs DSMix"]
+
+
+def format_table(record: dict) -> str:
+    """The study as a Markdown table, then the acceptance figures."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(record)]
+    acc = record.get("acceptance", {})
+    for k, v in acc.get("figures", {}).items():
+        lines.append(f"{k}: {v:.3f} (needs >= {acc['thresholds'][k]}; holds: {acc['holds'][k]})")
+    lines.append("(no P): the pristine class left out of the argmax; vs random / vs DSMix: the paired median "
+                 "SRCC difference over the same probe splits, mean over seeds (splits better / splits)")
+    if "study_seconds" in acc:
+        lines.append(f"study: {acc['study_seconds'] / 60:.1f} min of training and probing, summed over the runs "
+                     f"(within 90: {acc['within_90_minutes']})")
+    return "\n".join(lines)
+
+
+def write_pictures(record: dict, folder: Path) -> list[Path]:
+    """learning-curves.png, learning-probe.png and, for the headline row, learning-per-type.png."""
+    from PIL import Image
+
+    from dsmix_cli.imageio import save_image_atomic
+    from dsmix_cli.plots import bar_chart, line_chart
+    from dsmix_cli.stages.qep_validation import type_level_picture
+
+    folder = Path(folder)
+    summary, written = record["summary"], []
+    charts = []
+    for key, title, chance in (("val_type_acc", "held-out type accuracy", 0.04),
+                               ("val_level_acc", "held-out level accuracy", 0.2)):
+        series = {name: tuple(s["curves"][key]) for name, s in summary.items() if s.get("curves")}
+        charts.append(line_chart(series, title=f"{title} (mean over seeds)", x_label="step", size=(640, 300),
+                                 y_range=(0.0, 1.0), hlines={f"chance {chance}": chance}))
+    img = Image.new("RGB", (640, sum(c.size[1] for c in charts)), (255, 255, 255))
+    y = 0
+    for c in charts:
+        img.paste(c, (0, y))
+        y += c.size[1]
+    save_image_atomic(img, folder / "learning-curves.png")
+    written.append(folder / "learning-curves.png")
+    names = list(summary)
+    probe = bar_chart(names, [summary[n]["probe_median_srcc"]["mean"] for n in names],
+                      errors=[summary[n]["probe_median_srcc"]["sd"] for n in names],
+                      title="probe median SRCC on the held-out CLIVE part (mean ± sd over seeds)", y_label="SRCC")
+    save_image_atomic(probe, folder / "learning-probe.png")
+    written.append(folder / "learning-probe.png")
+    # which distortions the heads tell apart: the headline, and the calibration row beside it
+    for name, file in (("dsmix", "learning-type-level.png"), ("plain", "learning-type-level-plain.png")):
+        row = summary.get(name)
+        if row and row.get("per_type_level"):
+            save_image_atomic(type_level_picture(row["per_type_level"], record["settings"]["steps"]), folder / file)
+            written.append(folder / file)
+    return written

@@ -1,0 +1,88 @@
+"""The learning study (`benchmarks/learning.py`) end to end at a toy size on a fake CLIVE: the
+split is disjoint, every row trains through `run_qep` and is probed through `run_probe` on the
+same splits, and the summary pairs them (no figure is asserted: this checks the plumbing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fixtures_datasets import make_clive
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "benchmarks" / "learning.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    if not STUDY.is_file():
+        pytest.skip("benchmarks/learning.py is not in this checkout")
+    sys.path.insert(0, str(STUDY.parent))
+    spec = importlib.util.spec_from_file_location("dsmix_learning_study", STUDY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+    sys.path.remove(str(STUDY.parent))
+
+
+def test_toy_study_trains_probes_and_pairs(study, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DSMIX_HOME", str(tmp_path / "home"))
+    make_clive(tmp_path / "clive", n_test=18)
+    s = study.Settings(steps=2, seeds=(0, 1), rows=("random", "dsmix", "plain", "qpt"), val_refs=1, probe_images=10,
+                       probe_splits=2, probe_epochs=2, probe_size=32, probe_train_views=1)
+    s = replace(s, headline={**s.headline, "image_size": 32, "batch_size": 2, "val_every": 1, "amp": "off",
+                             "types": [1, 16], "levels": [1, 5]})
+    # a qpt chain takes 3 distinct types by default
+    monkeypatch.setitem(study.ROWS, "qpt", study.Row("qpt", {"pretext": "qpt", "types": [1, 16, 17]}))
+    partial = []
+    record = study.run_study(s, tmp_path / "clive", tmp_path / "work", log=lambda _m: None,
+                             checkpoint=lambda r: partial.append({n: sorted(v["seeds"]) for n, v in r["rows"].items()}))
+    # seed by seed: every row has its first seed before any row gets its second
+    assert partial[3] == {"random": ["0"], "dsmix": ["0"], "plain": ["0"], "qpt": ["0"]} and len(partial) == 8
+    assert record["split"]["counts"] == {"probe": 10, "val": 1, "train": 7}
+    names = {p.name for part in ("train", "val") for p in (tmp_path / "work" / "refs" / part).iterdir()}
+    assert len(names) == 8  # disjoint reference parts
+    probe_names = {Path(line.split(",")[0]).name for line in (tmp_path / "work" / "probe.csv").read_text().splitlines()[1:]}
+    assert not probe_names & names and len(probe_names) == 10
+    run = record["rows"]["dsmix"]["seeds"]["1"]
+    assert run["val"]["step"] == 2 and run["val"]["timing"]["steps_run"] == 2
+    assert len(run["probe"]["splits_srcc"]) == 2
+    record.update(study.summarize(record))
+    sm = record["summary"]
+    assert sm["dsmix"]["val_type_acc"]["n"] == 2 and sm["random"].get("val_type_acc") is None
+    # qpt: no pretext accuracy, but probed on the same splits (its 2-step toy encoder may give NaN)
+    assert sm["qpt"].get("val_type_acc") is None and sm["qpt"]["probe_vs_random"]["per_seed"].keys() == {"0", "1"}
+    assert len(record["rows"]["qpt"]["seeds"]["0"]["probe"]["splits_srcc"]) == 2
+    assert record["acceptance"]["study_seconds"] > 0
+    pr = sm["dsmix"]["probe_vs_random"]
+    # paired per seed over the same 2 splits (a toy encoder's SRCC on 2 test images may be NaN)
+    assert set(pr["per_seed"]) == {"0", "1"} and pr["splits"] <= 4
+    assert all(len(v["probe"]["splits_srcc"]) == 2 for r in record["rows"].values() for v in r["seeds"].values())
+    assert math.isfinite(record["acceptance"]["figures"]["type_ratio_to_plain"]) or \
+        record["summary"]["plain"]["val_type_acc"]["mean"] == 0
+    table = study.format_table(record)
+    assert "| dsmix |" in table and "probe_srcc_gain_over_random" in table
+    pictures = study.write_pictures(record, tmp_path / "img")
+    assert all(p.stat().st_size > 1000 for p in pictures)
+    # --report prints a saved record's table again
+    saved = tmp_path / "record.json"
+    saved.write_text(json.dumps({k: v for k, v in record.items() if k not in ("summary", "acceptance")}))
+    assert study.main(["--report", str(saved)]) == 0
+    assert table in capsys.readouterr().out
+    # a second call reuses the finished runs and probes
+    again = study.run_study(s, tmp_path / "clive", tmp_path / "work", log=lambda _m: None)
+    assert json.dumps(again["rows"]["dsmix"]["seeds"]["0"]["probe"]) == \
+        json.dumps(record["rows"]["dsmix"]["seeds"]["0"]["probe"])
+    # a study cut short: --only-finished records what is done and trains nothing
+    more = replace(s, seeds=(0, 1, 2))
+    cut = study.run_study(more, tmp_path / "clive", tmp_path / "work", log=lambda _m: None, only_finished=True)
+    assert {n: sorted(r["seeds"]) for n, r in cut["rows"].items()} == {n: ["0", "1"] for n in s.rows}
+    assert not (tmp_path / "work" / "runs" / "dsmix-s2").exists()
