@@ -31,7 +31,6 @@ Import `bench_distortions(device, ...)` for the benchmark runner's per-type figu
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import json
 import math
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dsmix_cli.distortions import NUM_TYPES, TYPE_NAMES, TYPES, distort_batch, level_value
+from dsmix_cli.distortions import NUM_TYPES, TYPE_NAMES, distort_batch, level_value
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "benchmarks" / "results" / "distortions-cpu.json"
