@@ -33,6 +33,7 @@ def study():
     sys.path.remove(str(STUDY.parent))
 
 
+@pytest.mark.slow
 def test_toy_study_trains_probes_and_pairs(study, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DSMIX_HOME", str(tmp_path / "home"))
     make_clive(tmp_path / "clive", n_test=18)
