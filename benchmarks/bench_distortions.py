@@ -49,6 +49,11 @@ from PIL import Image
 
 from dsmix_cli.distortions import NUM_TYPES, TYPE_NAMES, distort_batch, level_value
 
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # also when loaded from a file path (the tests)
+    sys.path.insert(0, str(_HERE))
+from machine import cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "benchmarks" / "results" / "distortions-cpu.json"
 DEMO = ROOT / "dsmix_cli" / "assets" / "demo"
@@ -275,14 +280,7 @@ def bench_synthesize(per_type: int = 2, batch_size: int = 16, work: Path | None 
 
 
 def _environment() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()

@@ -18,19 +18,19 @@ from pathlib import Path
 import torch
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _time_ms(fn, device: torch.device, warmup: int, iters: int) -> float:
+def time_ms(fn, device: torch.device, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) * 1000.0 / iters
 
 
@@ -90,8 +90,8 @@ def bench_dsmix_overhead(device: str | torch.device, batch: int = 110, size: int
         out.loss.backward()
         opt.step()
 
-    dsmix_ms = _time_ms(dsmix_only, device, warmup, iters)
-    step_ms = _time_ms(whole_step, device, warmup, iters)
+    dsmix_ms = time_ms(dsmix_only, device, warmup, iters)
+    step_ms = time_ms(whole_step, device, warmup, iters)
     return {"dsmix_ms": dsmix_ms, "step_ms": step_ms, "dsmix_overhead_fraction": dsmix_ms / step_ms,
             "device": str(device), "batch": batch, "size": size, "arch": arch, "amp": amp}
 

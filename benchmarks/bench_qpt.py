@@ -21,27 +21,18 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # also when loaded from a file path (the tests)
+    sys.path.insert(0, str(_HERE))
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_ms(fn, device: torch.device, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - t0) * 1000.0 / iters
+from bench_dsmix import time_ms  # noqa: E402
 
 
 def bench_qpt_step(device: str | torch.device = "auto", batch: int = 110, size: int = 224, arch: str = "resnet50",
@@ -109,8 +100,8 @@ def bench_qpt_step(device: str | torch.device = "auto", batch: int = 110, size: 
         out.loss.backward()
         opt.step()
 
-    chains_ms = _time_ms(chains_only, device, warmup, iters)
-    step_ms = _time_ms(whole_step, device, warmup, iters)
+    chains_ms = time_ms(chains_only, device, warmup, iters)
+    step_ms = time_ms(whole_step, device, warmup, iters)
     return {"chains_ms": chains_ms, "step_ms": step_ms, "chains_fraction": chains_ms / step_ms,
             "loader_ms_per_region": loader_ms, "device": str(device), "batch": batch, "size": size,
             "region": region, "arch": arch, "queue": queue, "amp": amp, "threads": torch.get_num_threads(),

@@ -54,6 +54,7 @@ if str(_HERE) not in sys.path:
 
 from bench_distortions import bench_distortions, bench_synthesize  # noqa: E402
 from bench_dsmix import bench_dsmix_overhead  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 PARTS = ("distortions", "dsmix", "pretrain_dsm", "qep", "probe", "score")
 FIGURES = ("distortions_cpu", "synthesize_images_per_cpu_s", "dsmix_overhead_fraction", "probe_cache_speedup",
@@ -262,14 +263,7 @@ def part_score(work: Path, s: Settings, device: torch.device, bundle: Path, path
 # ------------------------------------------------------------------------------------ suite
 
 def environment(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dsmix_cli.engine import checkpoint, schedules
-from dsmix_cli.engine.data import EpochSampler, epoch_loader, steps_per_epoch
+from dsmix_cli.engine.data import EpochSampler, epoch_loader, split_global_batch, steps_per_epoch
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
 from dsmix_cli.engine.runtime import derive_seed, generator, resolve_device
 from dsmix_cli.errors import CheckpointError, DsmixError, TrainingError
@@ -219,3 +219,14 @@ def test_validate_every_and_best_higher_pick_best_pt(tmp_path):
     assert val_steps == [4, 8, 12, 14]  # multiples of 4 and the last step, not the epoch end (10)
     assert res.best_metric == 0.5
     assert checkpoint.load_checkpoint(tmp_path / "best.pt")["step"] == 8
+
+
+def test_split_global_batch_shares_the_batch_and_names_the_option():
+    assert split_global_batch(12, 4, 100) == (3, 100 // 12)  # 3 per process, 8 full global batches
+    assert split_global_batch(12, 1, 12) == (12, 1)
+    with pytest.raises(DsmixError, match="--batch-size 10 .* divisible by the 4 processes"):
+        split_global_batch(10, 4, 100)
+    with pytest.raises(DsmixError, match="at least 2 samples per process"):
+        split_global_batch(4, 4, 100, min_per_rank=2)
+    with pytest.raises(DsmixError, match="11 training samples are fewer than one batch of 12"):
+        split_global_batch(12, 2, 11)

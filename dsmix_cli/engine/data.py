@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dsmix_cli.engine.runtime import DistInfo, generator
-from dsmix_cli.errors import DatasetError, ImageReadError, InputFailedError
+from dsmix_cli.errors import DatasetError, DsmixError, ImageReadError, InputFailedError
 
 # the key under which a served item carries the sample it replaced ("" when none)
 SKIPPED_KEY = "_skipped"
@@ -33,6 +33,23 @@ SKIPPED_KEY = "_skipped"
 def steps_per_epoch(num_items: int, batch_size: int, world_size: int = 1) -> int:
     """Full batches per epoch per rank (the remainder of an epoch is dropped)."""
     return num_items // (batch_size * world_size)
+
+
+def split_global_batch(batch_size: int, world_size: int, num_items: int, min_per_rank: int = 1) -> tuple[int, int]:
+    """`--batch-size` is the global batch: under torchrun each of the N processes takes batch/N,
+    so the schedule and the samples per step do not depend on N. Returns (batch per process,
+    full steps per epoch); a batch that does not split, or an epoch shorter than one batch, is a
+    DsmixError naming the option."""
+    if batch_size % world_size or batch_size // world_size < min_per_rank:
+        least = f", with at least {min_per_rank} samples per process" if min_per_rank > 1 else ""
+        raise DsmixError(f"--batch-size {batch_size} (the global batch) must be divisible by the {world_size} "
+                         f"processes of this run{least}")
+    per_rank = batch_size // world_size
+    steps = steps_per_epoch(num_items, per_rank, world_size)
+    if steps < 1:
+        raise DsmixError(f"{num_items} training samples are fewer than one batch of {batch_size}: "
+                         f"lower --batch-size or add data")
+    return per_rank, steps
 
 
 def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:

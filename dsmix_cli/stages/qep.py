@@ -26,7 +26,7 @@ from dsmix_cli import defaults
 from dsmix_cli.dsmix import LABEL_MODES, mix, mix_weights, pristine_targets, soft_targets
 from dsmix_cli.engine import schedules
 from dsmix_cli.engine.checkpoint import export_weights
-from dsmix_cli.engine.data import BadInputs, epoch_loader, steps_per_epoch
+from dsmix_cli.engine.data import BadInputs, epoch_loader, split_global_batch
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
 from dsmix_cli.engine.resume import check_resume_config, read_run_config
 from dsmix_cli.engine.runtime import init_distributed, resolve_amp, resolve_device, seed_everything
@@ -441,17 +441,8 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
                                                 rescale=cfg.rescale, resize=cfg.ref_resize)
     else:
         dataset = _pair_dataset(cfg, split.train)
-    # --batch-size is the global batch (as in pretrain-dsm): under torchrun each of the N
-    # processes takes batch/N, so the schedule and the samples per step do not depend on N.
-    world = dist_info.world_size
-    if cfg.batch_size % world or cfg.batch_size // world < 2:
-        raise DsmixError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world} "
-                         f"processes of this run, with at least 2 samples per process")
-    per_rank = cfg.batch_size // world
-    spe = steps_per_epoch(len(dataset), per_rank, world)
-    if spe < 1:
-        raise DsmixError(f"{len(dataset)} training samples are fewer than one batch of {cfg.batch_size}: "
-                         f"lower --batch-size or add data")
+    # at least 2 per process: DSMix pastes from other samples of the batch
+    per_rank, spe = split_global_batch(cfg.batch_size, dist_info.world_size, len(dataset), min_per_rank=2)
     dsm_cfg = cfg
     if cfg.dsm_source == "model" and cfg.dsm_model is None and saved.get("dsm_model_resolved"):
         dsm_cfg = replace(cfg, dsm_model=saved["dsm_model_resolved"])  # a resumed run keeps its DSM network
@@ -459,7 +450,7 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
 
     config = cfg.to_dict()
     config.update(dsm_model_resolved=dsm_model, steps_per_epoch=spe, total_steps=spe * cfg.epochs, amp=amp,
-                  world_size=world, per_rank_batch=per_rank)
+                  world_size=dist_info.world_size, per_rank_batch=per_rank)
     if cfg.resume:
         check_resume_config(saved, config, out)
 

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, default_collate
 from dsmix_cli import defaults
 from dsmix_cli.engine import schedules
 from dsmix_cli.engine.checkpoint import export_weights, load_checkpoint
-from dsmix_cli.engine.data import epoch_loader, split_keys, steps_per_epoch
+from dsmix_cli.engine.data import epoch_loader, split_global_batch, split_keys
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
 from dsmix_cli.engine.resume import check_resume_config, read_run_config
 from dsmix_cli.engine.runtime import (DistInfo, derive_seed, generator, init_distributed, resolve_amp,
@@ -246,15 +246,7 @@ def run_qpt(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
             info(f"only {len(ref_paths)} references: an epoch is one batch of {epoch_size} crops")
     dataset = QPTDataset(ref_paths, opts.region, cfg.image_size, cfg.seed, list(cfg.types), list(cfg.levels),
                          opts.steps, opts.skip, flip=cfg.flip, epoch_size=epoch_size, cpu_types=CPU_ONLY_TYPES)
-    world = dist_info.world_size
-    if cfg.batch_size % world or cfg.batch_size // world < 1:
-        raise DsmixError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world} "
-                         f"processes of this run")
-    per_rank = cfg.batch_size // world
-    spe = steps_per_epoch(len(dataset), per_rank, world)
-    if spe < 1:
-        raise DsmixError(f"{len(dataset)} training samples are fewer than one batch of {cfg.batch_size}: "
-                         f"lower --batch-size or add data")
+    per_rank, spe = split_global_batch(cfg.batch_size, dist_info.world_size, len(dataset))
     space = space_size(cfg)
 
     config = cfg.to_dict()
@@ -276,7 +268,7 @@ def run_qpt(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
         "kd_on": "one reference patch per region (at the first patch's position), when KD is on",
         "loss": "nce + kd_alpha * fr + kd_beta * cosd",
     }
-    config.update(steps_per_epoch=spe, total_steps=spe * cfg.epochs, amp=amp, world_size=world,
+    config.update(steps_per_epoch=spe, total_steps=spe * cfg.epochs, amp=amp, world_size=dist_info.world_size,
                   per_rank_batch=per_rank, qpt_space=space, dsm_model_resolved=None)
     if cfg.resume:
         check_resume_config(saved, config, out)
