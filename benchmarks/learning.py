@@ -305,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="print the table of a record again (with --docs-img: redraw its pictures) and stop")
     args = ap.parse_args(argv)
     if args.report:
-        record = json.loads(args.report.read_text())
+        try:
+            record = json.loads(args.report.read_text())
+            record["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"{args.report}: not a learning-study record ({e.__class__.__name__}: {e})")
         record.update(summarize(record))
         print(format_table(record))
         if args.docs_img:
@@ -323,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     threads, why = choose_threads(torch.device("cpu"), args.threads)
     torch.set_num_threads(threads)
+    from dsmix_cli.fileio import write_json
+
     command = " ".join(["python", "benchmarks/learning.py", *(argv if argv is not None else sys.argv[1:])])
 
     def finish(record: dict) -> dict:
@@ -332,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def checkpoint(record: dict) -> None:  # the record so far, for a study stopped early
         if args.json and args.json != "-":
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps({**finish(record), "partial": True}, indent=2) + "\n")
+            write_json(args.json, {**finish(record), "partial": True})
 
     record = finish(run_study(s, args.clive, args.work, checkpoint=checkpoint, only_finished=args.only_finished))
     if args.only_finished:
@@ -341,11 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(record))
     if args.docs_img:
         write_pictures(record, args.docs_img)
-    if args.json == "-":
-        print(json.dumps(record, indent=2))
-    elif args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    if args.json:  # strict JSON (NaN as null), written atomically; '-' is stdout
+        write_json(args.json, record)
     return 0
 
 

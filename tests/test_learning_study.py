@@ -78,6 +78,9 @@ def test_toy_study_trains_probes_and_pairs(study, tmp_path, monkeypatch, capsys)
     saved.write_text(json.dumps({k: v for k, v in record.items() if k not in ("summary", "acceptance")}))
     assert study.main(["--report", str(saved)]) == 0
     assert table in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:  # a missing record: one usage line, exit 2
+        study.main(["--report", str(tmp_path / "none.json")])
+    assert bad.value.code == 2 and "none.json: not a learning-study record" in capsys.readouterr().err
     # a second call reuses the finished runs and probes
     again = study.run_study(s, tmp_path / "clive", tmp_path / "work", log=lambda _m: None)
     assert json.dumps(again["rows"]["dsmix"]["seeds"]["0"]["probe"]) == \

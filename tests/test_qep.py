@@ -70,6 +70,13 @@ def pairs(tmp_path):
     return root
 
 
+def _np_ce(z: torch.Tensor, labels: list[int]) -> float:
+    """Mean cross-entropy of logits z against hard labels, in numpy float64 (independent of torch's)."""
+    z = z.numpy().astype(np.float64)
+    lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return -np.mean([lp[i, c] for i, c in enumerate(labels)])
+
+
 def _log(run: Path, training: bool = True) -> list[dict]:
     """metrics.jsonl; the training lines only (not the validation lines) unless `training` is False."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -201,13 +208,8 @@ def test_training_step_targets_reach_the_right_rows():
              "type": torch.tensor([4, 9, 25]), "level": torch.tensor([1, 5, 3])}
     out = step(Stub(), batch, torch.Generator().manual_seed(1), 0)
 
-    def ce(z, labels):
-        z = z.numpy().astype(np.float64)
-        lp = z - np.log(np.exp(z).sum(1, keepdims=True))
-        return -np.mean([lp[i, c] for i, c in enumerate(labels)])
-
-    want_dist = ce(fixed["type"][:3], [4, 9, 25]) + ce(fixed["level"][:3], [1, 5, 3])
-    want_ref = ce(fixed["type"][3:], [0, 0, 0]) + ce(fixed["level"][3:], [0, 0, 0])
+    want_dist = _np_ce(fixed["type"][:3], [4, 9, 25]) + _np_ce(fixed["level"][:3], [1, 5, 3])
+    want_ref = _np_ce(fixed["type"][3:], [0, 0, 0]) + _np_ce(fixed["level"][3:], [0, 0, 0])
     assert out.parts["ce_dist"].item() == pytest.approx(want_dist, rel=1e-5)
     assert out.parts["ce_ref"].item() == pytest.approx(want_ref, rel=1e-5)
     assert out.loss.item() == pytest.approx((want_dist + want_ref) / 2, rel=1e-5)
@@ -392,13 +394,8 @@ def test_pristine_share_weights_the_two_cross_entropies(share):
              "type": torch.tensor([4, 9, 25]), "level": torch.tensor([1, 5, 3])}
     out = step(Stub(), batch, torch.Generator().manual_seed(1), 0)
 
-    def ce(z, labels):
-        z = z.numpy().astype(np.float64)
-        lp = z - np.log(np.exp(z).sum(1, keepdims=True))
-        return -np.mean([lp[i, c] for i, c in enumerate(labels)])
-
-    d = ce(fixed["type"][:3], [4, 9, 25]) + ce(fixed["level"][:3], [1, 5, 3])
-    r = ce(fixed["type"][3:], [0, 0, 0]) + ce(fixed["level"][3:], [0, 0, 0])
+    d = _np_ce(fixed["type"][:3], [4, 9, 25]) + _np_ce(fixed["level"][:3], [1, 5, 3])
+    r = _np_ce(fixed["type"][3:], [0, 0, 0]) + _np_ce(fixed["level"][3:], [0, 0, 0])
     assert out.loss.item() == pytest.approx((1 - share) * d + share * r, rel=1e-5)
     assert rows == ([6] if share else [3]) and out.samples == (6 if share else 3)
     assert ("ce_ref" in out.parts) == bool(share)
