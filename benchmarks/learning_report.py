@@ -95,15 +95,25 @@ def summarize(record: dict) -> dict:
         s["probe_vs_random"] = paired(rows, name, "random") if name != "random" else None
         s["probe_vs_dsmix"] = paired(rows, name, "dsmix") if name not in ("dsmix", "random") else None
         summary[name] = s
-    return {"summary": summary, "acceptance": acceptance(summary, study_cost(rows))}
+    out = {"summary": summary, "acceptance": acceptance(summary, study_cost(rows))}
+    default = record.get("settings", {}).get("default_rows")
+    if default and set(default) != set(rows):  # a record with rows beyond (or short of) the default study
+        seeds = [str(v) for v in record["settings"].get("seeds", [])]
+        complete = all(name in rows and sorted(rows[name]["seeds"], key=int) == seeds for name in default)
+        out["acceptance"]["default_study"] = {"rows": list(default), "complete": complete,
+                                              "seconds": study_cost(rows, only=default)}
+        out["acceptance"]["default_study"]["within_90_minutes"] = out["acceptance"]["default_study"]["seconds"] <= BUDGET_S
+    return out
 
 
-def study_cost(rows: dict) -> float:
+def study_cost(rows: dict, only=None) -> float:
     """Seconds the study's training runs and probes took, summed from their own timings, so a
     study that reused finished runs is still charged for them (a run resumed after a kill
-    counts only its resumed part)."""
+    counts only its resumed part); `only`: these rows alone."""
     total = 0.0
-    for row in rows.values():
+    for name, row in rows.items():
+        if only is not None and name not in only:
+            continue
         for r in row["seeds"].values():
             total += ((r.get("val") or {}).get("timing") or {}).get("seconds", 0.0)
             sec = r["probe"].get("seconds")
@@ -167,11 +177,16 @@ def format_table(record: dict) -> str:
     if "study_seconds" in acc:
         lines.append(f"study: {acc['study_seconds'] / 60:.1f} min of training and probing, summed over the runs "
                      f"(within 90: {acc['within_90_minutes']})")
+    if "default_study" in acc:
+        d = acc["default_study"]
+        lines.append(f"default study ({', '.join(d['rows'])}; every seed there: {d['complete']}): "
+                     f"{d['seconds'] / 60:.1f} min (within 90: {d['within_90_minutes']})")
     return "\n".join(lines)
 
 
-def write_pictures(record: dict, folder: Path) -> list[Path]:
-    """learning-curves.png, learning-probe.png and, for the headline row, learning-per-type.png."""
+def write_pictures(record: dict, folder: Path, prefix: str = "learning") -> list[Path]:
+    """PREFIX-curves.png, PREFIX-probe.png and, for the headline and plain rows,
+    PREFIX-type-level.png and PREFIX-type-level-plain.png."""
     from PIL import Image
 
     from dsmix_cli.imageio import save_image_atomic
@@ -191,16 +206,16 @@ def write_pictures(record: dict, folder: Path) -> list[Path]:
     for c in charts:
         img.paste(c, (0, y))
         y += c.size[1]
-    save_image_atomic(img, folder / "learning-curves.png")
-    written.append(folder / "learning-curves.png")
+    save_image_atomic(img, folder / f"{prefix}-curves.png")
+    written.append(folder / f"{prefix}-curves.png")
     names = list(summary)
     probe = bar_chart(names, [summary[n]["probe_median_srcc"]["mean"] for n in names],
                       errors=[summary[n]["probe_median_srcc"]["sd"] for n in names],
                       title="probe median SRCC on the held-out CLIVE part (mean ± sd over seeds)", y_label="SRCC")
-    save_image_atomic(probe, folder / "learning-probe.png")
-    written.append(folder / "learning-probe.png")
+    save_image_atomic(probe, folder / f"{prefix}-probe.png")
+    written.append(folder / f"{prefix}-probe.png")
     # which distortions the heads tell apart: the headline, and the calibration row beside it
-    for name, file in (("dsmix", "learning-type-level.png"), ("plain", "learning-type-level-plain.png")):
+    for name, file in (("dsmix", f"{prefix}-type-level.png"), ("plain", f"{prefix}-type-level-plain.png")):
         row = summary.get(name)
         if row and row.get("per_type_level"):
             save_image_atomic(type_level_picture(row["per_type_level"], record["settings"]["steps"]), folder / file)

@@ -90,3 +90,28 @@ def test_toy_study_trains_probes_and_pairs(study, tmp_path, monkeypatch, capsys)
     cut = study.run_study(more, tmp_path / "clive", tmp_path / "work", log=lambda _m: None, only_finished=True)
     assert {n: sorted(r["seeds"]) for n, r in cut["rows"].items()} == {n: ["0", "1"] for n in s.rows}
     assert not (tmp_path / "work" / "runs" / "dsmix-s2").exists()
+
+
+def test_default_study_is_charged_apart_from_extra_rows(study):
+    """A record with rows beyond the default study: the whole record's cost, and the default
+    rows' own cost (what the study costs without --rows) with whether every seed is there."""
+    def run(seconds, probe):
+        return {"val": {"timing": {"seconds": seconds}},
+                "probe": {"median_srcc": 0.5, "splits_srcc": [0.5, 0.6], "seconds": {"total": probe}}}
+
+    ref = {"val": None, "probe": {"median_srcc": 0.4, "splits_srcc": [0.4, 0.4], "seconds": 30}}
+    rows = {"random": {"label": "r", "seeds": {"0": ref, "1": ref}},
+            "dsmix": {"label": "d", "seeds": {"0": run(400, 35), "1": run(410, 35)}},
+            "qpt": {"label": "q", "seeds": {"0": run(500, 36)}}}
+    settings = {"seeds": [0, 1], "default_rows": ["random", "dsmix"]}
+    acc = study.summarize({"settings": settings, "rows": rows})["acceptance"]
+    assert acc["study_seconds"] == pytest.approx(30 + 30 + 400 + 35 + 410 + 35 + 500 + 36)
+    assert acc["default_study"] == {"rows": ["random", "dsmix"], "complete": True,
+                                    "seconds": pytest.approx(30 + 30 + 400 + 35 + 410 + 35),
+                                    "within_90_minutes": True}
+    del rows["dsmix"]["seeds"]["1"]
+    settings["default_rows"] = ["random", "dsmix", "qpt"]
+    acc = study.summarize({"settings": settings, "rows": {**rows, "extra": rows["qpt"]}})["acceptance"]
+    assert acc["default_study"]["complete"] is False  # dsmix and qpt have one seed of two
+    assert "default study (random, dsmix, qpt; every seed there: False)" in study.format_table(
+        {**study.summarize({"settings": settings, "rows": {**rows, "extra": rows["qpt"]}}), "rows": rows})

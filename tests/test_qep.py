@@ -401,6 +401,53 @@ def test_pristine_share_weights_the_two_cross_entropies(share):
     assert ("ce_ref" in out.parts) == bool(share)
 
 
+@pytest.mark.parametrize("mix_refs", [False, True])
+def test_mix_refs_cuts_and_mixes_the_references_among_themselves(mix_refs):
+    """--mix-refs: the student sees the references pasted into each other with the same box rule as
+    the distorted crops (every pixel from some reference, seams inside), their targets still class 0;
+    off, the references reach the student untouched."""
+    from dsmix_cli.dsmix import mix
+    from dsmix_cli.stages.qep import QEPConfig, make_training_step
+
+    seen = []
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, return_stages=False):
+            seen.append(x.detach().clone())
+            n = x.shape[0]
+            return {"type": torch.zeros(n, 26) + self.w, "level": torch.zeros(n, 6) + self.w}, [x]
+
+    n, size = 4, 16
+    refs = torch.stack([torch.full((3, size, size), 40 * (i + 1), dtype=torch.uint8) for i in range(n)])
+    cfg = QEPConfig(out=Path("unused"), mix=3, kd_alpha=0, kd_beta=0, arch="resnet18", pristine_share=0.5,
+                    mix_refs=mix_refs)
+    step = make_training_step(cfg, torch.device("cpu"), lambda d, r, b: gt_like(d), teacher=None)
+    batch = {"dist": refs.clone(), "ref": refs, "type": torch.tensor([4, 9, 25, 1]),
+             "level": torch.tensor([1, 5, 3, 2])}
+    out = step(Stub(), batch, torch.Generator().manual_seed(3), 0)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # resnet18's input normalisation
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    got = (seen[0][n:] * std + mean).mul(255).round()  # the reference half of the student's batch
+    plain = refs.float()
+    assert torch.isfinite(out.loss)
+    if not mix_refs:
+        assert torch.equal(got, plain)
+        return
+    # the same draws as the step: the distorted crops' mix first, then the references' own
+    g = torch.Generator().manual_seed(3)
+    mix(refs.float() / 255, 3, g)
+    want = mix(plain / 255, 3, g).images.mul(255).round()
+    assert torch.equal(got, want) and not torch.equal(got, plain)
+    values = set(got.unique().tolist())
+    assert values <= {40.0, 80.0, 120.0, 160.0} and len(values) > 1  # only reference pixels, mixed
+    # the references' loss is still against class 0: uniform logits give log(26) + log(6)
+    assert out.parts["ce_ref"].item() == pytest.approx(math.log(26) + math.log(6), rel=1e-5)
+
+
 def test_adamw_cosine_and_warmup_set_the_learning_rate(refs, tmp_path):
     run = tmp_path / "o"
     res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), "--max-steps", "3",

@@ -64,6 +64,9 @@ def qep(
         "--teacher-weights", help="Local torchvision-format weights for the teacher.")] = None,
     mix: Annotated[int, typer.Option("--mix", help="Images per DSMix sample (1 = no mixing).")] = 3,
     paste_prob: Annotated[float, typer.Option("--paste-prob", help="Probability of each paste.")] = 1.0,
+    mix_refs: Annotated[bool, typer.Option(
+        "--mix-refs/--no-mix-refs", help="Cut-and-mix the references among themselves too (their label stays "
+                                         "pristine), so that box seams do not tell distorted from pristine.")] = False,
     label_mode: Annotated[str, typer.Option(
         "--label-mode", help="normalized, absolute, area (plain CutMix) or one-sided (--mix 2).")] = "normalized",
     pristine_share: Annotated[float, typer.Option(
@@ -140,7 +143,8 @@ def qep(
         lr_schedule=lr_schedule, warmup_steps=warmup_steps,
         dsm_source=dsm_source, dsm_model=dsm_model, dsm_maps=dsm_maps, dsm_pool=dsm_pool, arch=arch,
         teacher=teacher, pretrained=pretrained, student_weights=student_weights, teacher_weights=teacher_weights,
-        mix=mix, paste_prob=paste_prob, label_mode=label_mode, joint_head=joint_head, head_hidden=head_hidden,
+        mix=mix, paste_prob=paste_prob, mix_refs=mix_refs, label_mode=label_mode, joint_head=joint_head,
+        head_hidden=head_hidden,
         kd_alpha=kd_alpha, kd_beta=kd_beta, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
         lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, weight_decay=weight_decay, flip=flip, skip_bad=skip_bad,
         workers=workers,

@@ -83,6 +83,7 @@ class QEPConfig:
     teacher_weights: str | None = None
     mix: int = 3                        # sources per DSMix sample (Mix = 3, [P])
     paste_prob: float = 1.0             # probability of each paste ([R] always)
+    mix_refs: bool = False              # also cut-and-mix the references among themselves (label: pristine)
     label_mode: str = "normalized"      # normalized [P?] | absolute | area | one-sided
     pristine_share: float = 0.5         # share of the CE on the references (paired batching: 1/2)
     joint_head: bool = False            # the optional 126-way head (section 10 item 5)
@@ -363,6 +364,8 @@ def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: to
             weights = mix_weights(mixed.visible, dsm[mixed.sources], mode=cfg.label_mode)
             targets = soft_targets(types[mixed.sources], levels[mixed.sources], weights)
             pristine = pristine_targets(n, device=device)
+            if with_refs and cfg.mix_refs and cfg.mix > 1:  # seams in both classes: not a cue for "distorted"
+                ref = mix(ref, cfg.mix, gen, paste_prob=cfg.paste_prob).images
         x = norm_s(torch.cat([mixed.images, ref]) if with_refs else mixed.images).contiguous(memory_format=fmt)
         logits, stages = model(x, return_stages=True)
         parts: dict[str, torch.Tensor] = {}

@@ -45,12 +45,14 @@ from dsmix_cli.stages.qep import (ENCODER_FILE, KIND, QEPConfig, ReferenceCropDa
 
 PRETEXTS = ("dsmix", "qpt")
 # Options of the DSMix pretext, with their defaults: `--pretext qpt` refuses other values...
-_DSMIX_ONLY = {"mix": 3, "paste_prob": 1.0, "label_mode": "normalized", "joint_head": False, "head_hidden": 1024,
+_DSMIX_ONLY = {"mix": 3, "paste_prob": 1.0, "mix_refs": False, "label_mode": "normalized", "joint_head": False,
+               "head_hidden": 1024,
                "dsm_model": None, "dsm_maps": None}
 # ... except the DSM source and pooling, which a configuration shared by both pretexts may set:
 # they are ignored, and the run says so.
 _DSMIX_IGNORED = {"dsm_source": "model", "dsm_pool": 8}
-_OPTION = {"mix": "--mix", "paste_prob": "--paste-prob", "label_mode": "--label-mode", "joint_head": "--joint-head",
+_OPTION = {"mix": "--mix", "paste_prob": "--paste-prob", "mix_refs": "--mix-refs", "label_mode": "--label-mode",
+           "joint_head": "--joint-head",
            "head_hidden": "--head-hidden", "dsm_source": "--dsm-source", "dsm_model": "--dsm-model",
            "dsm_maps": "--dsm-maps", "dsm_pool": "--dsm-pool"}
 _FEATURE_DIM = {"resnet18": 512, "resnet34": 512}  # the rest of RESNET_ARCHS: 2048
