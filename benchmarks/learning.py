@@ -36,7 +36,7 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from learning_report import format_table, summarize, write_pictures  # noqa: E402,F401
+from learning_report import detail_tables, format_table, summarize, write_pictures  # noqa: E402,F401
 from run import choose_threads, environment  # noqa: E402
 
 ROOT = _HERE.parent
@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/dsmix-learning"), help="runs and probes (reused)")
     ap.add_argument("--json", help="write the record here ('-' for stdout)")
     ap.add_argument("--docs-img", type=Path, help="write the study's pictures into this folder")
+    ap.add_argument("--details", action="store_true",
+                    help="with --report: also the per-level 'pristine' answers and the per-type accuracy tables")
     ap.add_argument("--img-prefix", default="learning", help="file names of the pictures: PREFIX-curves.png, ...")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, 1 on a busy machine)")
     ap.add_argument("--only-finished", action="store_true",
@@ -320,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{args.report}: not a learning-study record ({e.__class__.__name__}: {e})")
         record.update(summarize(record))
         print(format_table(record))
+        if args.details:
+            print("\n" + detail_tables(record))
         if args.docs_img:
             write_pictures(record, args.docs_img, args.img_prefix)
         return 0

@@ -92,6 +92,10 @@ def summarize(record: dict) -> dict:
             s["per_type_level"] = {k: [[_nanmean(_floats([v["per_type_level"][k][i][j] for v in trained]))
                                         for j in range(5)] for i in range(25)] for k in ("type_acc", "level_acc")}
             s["curves"] = {k: _mean_curve(seeds, k) for k in ("val_type_acc", "val_level_acc", "val_called_pristine")}
+            if all(v.get("level_confusion") for v in trained):  # rows: true level 0..5, columns: answer
+                s["level_head_pristine_by_level"] = [
+                    _nanmean(_floats([v["level_confusion"][lv][0] / max(sum(v["level_confusion"][lv]), 1)
+                                      for v in trained])) for lv in range(1, 6)]
         s["probe_vs_random"] = paired(rows, name, "random") if name != "random" else None
         s["probe_vs_dsmix"] = paired(rows, name, "dsmix") if name not in ("dsmix", "random") else None
         summary[name] = s
@@ -181,6 +185,26 @@ def format_table(record: dict) -> str:
         d = acc["default_study"]
         lines.append(f"default study ({', '.join(d['rows'])}; every seed there: {d['complete']}): "
                      f"{d['seconds'] / 60:.1f} min (within 90: {d['within_90_minutes']})")
+    return "\n".join(lines)
+
+
+def detail_tables(record: dict, rows=None) -> str:
+    """Two Markdown tables from the summary: the level head's "pristine" answers per true level,
+    and the type / level accuracy per distortion type (rows: these, default every trained row)."""
+    summary = record["summary"]
+    names = [n for n in (rows or summary) if n in summary and summary[n].get("per_type_type_acc")]
+    lines = ['Share of the distorted crops of each level that the level head calls "pristine" (mean over seeds):',
+             "", "| row | level 1 | level 2 | level 3 | level 4 | level 5 |", "|---|---|---|---|---|---|"]
+    for n in names:
+        by = summary[n].get("level_head_pristine_by_level")
+        if by:
+            lines.append(f"| {n} | " + " | ".join(f"{v:.2f}" for v in by) + " |")
+    lines += ["", "Type / level accuracy per distortion type (mean over seeds; chance 0.04 / 0.20):", "",
+              "| type | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    types = list(summary[names[0]]["per_type_type_acc"]) if names else []
+    for t in types:
+        lines.append(f"| {t} | " + " | ".join(f"{summary[n]['per_type_type_acc'][t]:.2f} / "
+                                             f"{summary[n]['per_type_level_acc'][t]:.2f}" for n in names) + " |")
     return "\n".join(lines)
 
 

@@ -115,3 +115,28 @@ def test_default_study_is_charged_apart_from_extra_rows(study):
     assert acc["default_study"]["complete"] is False  # dsmix and qpt have one seed of two
     assert "default study (random, dsmix, qpt; every seed there: False)" in study.format_table(
         {**study.summarize({"settings": settings, "rows": {**rows, "extra": rows["qpt"]}}), "rows": rows})
+
+
+def test_level_head_pristine_answers_per_level(study):
+    """The share of each level's distorted crops the level head calls pristine (column 0 of the
+    level confusion), averaged over seeds, and the per-type table, from hand-made runs."""
+    def val(conf, type_acc):
+        per_type = {"1 gaussian_blur": {"type_acc": type_acc, "level_acc": 0.5, "n": 10}}
+        zeros = [[0.0] * 5 for _ in range(25)]
+        return {"val_type_acc": type_acc, "level_confusion": conf, "per_type": per_type,
+                "per_type_level": {"type_acc": zeros, "level_acc": zeros}, "history": [], "timing": {}}
+
+    conf_a = [[9, 1, 0, 0, 0, 0], [6, 4, 0, 0, 0, 0], [5, 0, 5, 0, 0, 0], [2, 0, 0, 8, 0, 0], [1, 0, 0, 0, 9, 0],
+              [0, 0, 0, 0, 0, 10]]
+    conf_b = [[10, 0, 0, 0, 0, 0], [8, 2, 0, 0, 0, 0], [3, 0, 7, 0, 0, 0], [2, 0, 0, 8, 0, 0], [3, 0, 0, 0, 7, 0],
+              [4, 0, 0, 0, 0, 6]]
+    probe = {"median_srcc": 0.5, "splits_srcc": [0.5]}
+    rows = {"dsmix": {"label": "d", "seeds": {"0": {"val": val(conf_a, 0.2), "probe": probe},
+                                              "1": {"val": val(conf_b, 0.4), "probe": probe}}}}
+    record = {"settings": {"seeds": [0, 1]}, "rows": rows}
+    record.update(study.summarize(record))
+    by = record["summary"]["dsmix"]["level_head_pristine_by_level"]
+    assert by == pytest.approx([(0.6 + 0.8) / 2, (0.5 + 0.3) / 2, 0.2, (0.1 + 0.3) / 2, (0.0 + 0.4) / 2])
+    text = study.detail_tables(record)
+    assert "| dsmix | 0.70 | 0.40 | 0.20 | 0.20 | 0.20 |" in text
+    assert "| 1 gaussian_blur | 0.30 / 0.50 |" in text
