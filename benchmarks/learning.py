@@ -173,6 +173,10 @@ def train(row: Row, seed: int, s: Settings, split: dict, work: Path, log) -> dic
         log(f"  {out.name}: done already (step {done['step']})")
         return done
     cfg = qep_config(row, seed, s, split, out)
+    if not (out / "last.pt").exists() and (out / "metrics.jsonl").exists():  # killed before its first checkpoint
+        aside = out.with_name(f"{out.name}.killed-{int(time.time())}")
+        out.rename(aside)
+        log(f"  {out.name}: stopped before its first checkpoint; moved aside to {aside.name}, starting over")
     cfg = replace(cfg, resume=(out / "last.pt").exists())
     t0 = time.perf_counter()
     last = [t0]

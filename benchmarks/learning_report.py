@@ -101,7 +101,7 @@ def summarize(record: dict) -> dict:
         summary[name] = s
     out = {"summary": summary, "acceptance": acceptance(summary, study_cost(rows))}
     default = record.get("settings", {}).get("default_rows")
-    if default and set(default) != set(rows):  # a record with rows beyond (or short of) the default study
+    if default and set(rows) - set(default) and set(rows) & set(default):  # the default study and more
         seeds = [str(v) for v in record["settings"].get("seeds", [])]
         complete = all(name in rows and sorted(rows[name]["seeds"], key=int) == seeds for name in default)
         out["acceptance"]["default_study"] = {"rows": list(default), "complete": complete,

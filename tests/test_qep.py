@@ -462,3 +462,19 @@ def test_adamw_cosine_and_warmup_set_the_learning_rate(refs, tmp_path):
     assert "no held-out references" in res.output
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert "exp_avg" in str(ckpt["optimizer"]["state"][0].keys())  # AdamW state
+
+
+def test_a_run_killed_before_its_first_checkpoint_says_so(refs, tmp_path):
+    """A folder with a started run but no last.pt: neither a plain start nor --resume can use it,
+    and the message says why (no --resume advice that would fail next)."""
+    run = tmp_path / "o"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"step": 10, "loss": 5.0}\n')
+    args = ["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), "--max-steps", "1", *TINY]
+    res = _invoke(args)
+    assert res.exit_code == 2 and "before its first checkpoint" in res.output.replace("\n", " ")
+    assert "--resume" not in res.output.replace("\n", " ").split("before its first checkpoint")[1]
+    res = _invoke([*args, "--resume"])
+    assert res.exit_code == 2 and "nothing to resume" in res.output.replace("\n", " ")
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl"]  # nothing written

@@ -272,8 +272,11 @@ def validate_config(cfg: QEPConfig) -> None:
     out = Path(cfg.out)
     if cfg.resume and not (out / "last.pt").exists():
         raise CheckpointError("--resume: no last.pt in the run folder (nothing to resume)", out)
-    if not cfg.resume and ((out / "last.pt").exists() or (out / "metrics.jsonl").exists()):
+    if not cfg.resume and (out / "last.pt").exists():
         raise DsmixError("already holds a run; use --resume to continue it or choose another --out", out)
+    if not cfg.resume and (out / "metrics.jsonl").exists():
+        raise DsmixError("holds a run that stopped before its first checkpoint (no last.pt, nothing to resume): "
+                         "remove the folder or choose another --out", out)
 
 
 # ------------------------------------------------------------------------------------- DSM source
