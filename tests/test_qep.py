@@ -251,8 +251,10 @@ def test_existing_run_is_not_overwritten(refs, tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    (run / "last.pt").write_bytes(b"checkpoint")  # a run with a checkpoint: resume it or choose another --out
     res = _invoke(["--refs", str(refs), "--on-the-fly", "--dsm-source", "gt", "--out", str(run), *TINY])
     assert res.exit_code == 2 and "--resume" in res.output
+    assert (run / "last.pt").read_bytes() == b"checkpoint"
 
 
 def test_cpu_only_types_are_distorted_in_the_loader_workers(refs, tmp_path):
