@@ -67,6 +67,8 @@ ROWS: dict[str, Row] = {
     # box seams only in distorted crops tell them from references: remove the cue
     "mix-refs": Row("DSMix, references mixed among themselves (--mix-refs)", {"mix_refs": True}),
     "paste-half": Row("DSMix, each paste with probability 1/2 (--paste-prob 0.5)", {"paste_prob": 0.5}),
+    "mix-refs-paste-half": Row("DSMix, --mix-refs and --paste-prob 0.5 together",
+                               {"mix_refs": True, "paste_prob": 0.5}),
     # the references' cross-entropy off: is the pristine class what keeps DSMix's heads back?
     "share-zero": Row("DSMix without the references (--pristine-share 0)", {"pristine_share": 0.0}),
     # the second pretext: no type/level heads, so no pretext accuracy; only the probe compares
