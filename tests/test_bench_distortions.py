@@ -3,27 +3,17 @@ record's figures beside the new ones, and `synthesize` end to end on tiny refere
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks" / "bench_distortions.py"
+from benchmark_modules import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    if not BENCH.is_file():
-        pytest.skip("benchmarks/bench_distortions.py is not in this checkout")
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("dsmix_bench_distortions", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCH.parent))
+    with benchmark_module("bench_distortions.py") as module:
+        yield module
 
 
 def test_bars(bench):

@@ -3,33 +3,21 @@ records every figure (no timing thresholds here: the machine decides those)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+from benchmark_modules import benchmark_module
 from test_probe import make_toy_set
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_protocols.py"
 
 
 @pytest.mark.slow
 def test_bench_protocols_records_every_figure(tmp_path, monkeypatch):
-    if not BENCH.is_file():
-        pytest.skip("benchmarks/bench_protocols.py is not in this checkout")
     monkeypatch.setenv("DSMIX_HOME", str(tmp_path / "user-home"))
-    spec = importlib.util.spec_from_file_location("dsmix_bench_protocols", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("bench_protocols.py") as module:
         csv = make_toy_set(tmp_path / "data", refs=6, levels=2, size=(24, 24))
         rec = module.bench_protocols(dataset="csv", csv=csv, root=None, image_size=16, splits=1, epochs=1,
                                      protocols=("dsmix",), work=tmp_path / "work", log=lambda _m: None)
-    finally:
-        sys.modules.pop(spec.name, None)
     for key in ("all_over_dsmix", "cpu_all_over_dsmix", "all_over_slowest", "all_over_sum", "warm_all_over_cold_all"):
         assert math.isfinite(rec["figures"][key]) and rec["figures"][key] > 0, key
     assert rec["runs"]["all"]["encoded"] == ["train", "five", "half"]  # one pass for the three protocols

@@ -3,29 +3,19 @@ has every figure with a sane value (no timing thresholds: the machine decides th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-RUNNER = ROOT / "benchmarks" / "run.py"
+from benchmark_modules import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def runner():
-    if not RUNNER.is_file():
-        pytest.skip("benchmarks/run.py is not in this checkout")
-    spec = importlib.util.spec_from_file_location("dsmix_benchmark_run", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("run.py") as module:
+        yield module
 
 
 def tiny_settings(runner):

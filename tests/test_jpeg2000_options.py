@@ -3,30 +3,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark_modules import benchmark_module
+
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks" / "jpeg2000_options.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    if not BENCH.is_file():
-        pytest.skip("benchmarks/jpeg2000_options.py is not in this checkout")
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("dsmix_jpeg2000_options", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCH.parent))
+    with benchmark_module("jpeg2000_options.py") as module:
+        yield module
 
 
 def test_ratio_read_off_a_log_linear_curve(bench):

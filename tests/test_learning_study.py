@@ -4,33 +4,21 @@ same splits, and the summary pairs them (no figure is asserted: this checks the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from benchmark_modules import benchmark_module
 from fixtures_datasets import make_clive
-
-ROOT = Path(__file__).resolve().parents[1]
-STUDY = ROOT / "benchmarks" / "learning.py"
 
 
 @pytest.fixture(scope="module")
 def study():
-    if not STUDY.is_file():
-        pytest.skip("benchmarks/learning.py is not in this checkout")
-    sys.path.insert(0, str(STUDY.parent))
-    spec = importlib.util.spec_from_file_location("dsmix_learning_study", STUDY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-    sys.path.remove(str(STUDY.parent))
+    with benchmark_module("learning.py") as module:
+        yield module
 
 
 @pytest.mark.slow

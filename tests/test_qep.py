@@ -185,6 +185,19 @@ def test_dsm_from_maps_and_from_the_default_model(pairs, tmp_path):
     assert f"DSM model: {dsm_run.resolve()} (recorded)" in res.output.replace("\n", "")
 
 
+class HeadsStub(torch.nn.Module):
+    """A stand-in for the QEP network: `heads(x)` gives the logits of a batch (a dict per head), plus
+    one trainable scalar so the loss has a gradient; the only stage is the input."""
+
+    def __init__(self, heads):
+        super().__init__()
+        self.heads = heads
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, return_stages=False):
+        return {k: v + self.w for k, v in self.heads(x).items()}, [x]
+
+
 def test_training_step_targets_reach_the_right_rows():
     """With --mix 1 the distorted rows are scored against their own type/level, the references
     against class 0: checked against numpy on fixed logits."""
@@ -193,20 +206,15 @@ def test_training_step_targets_reach_the_right_rows():
     g = torch.Generator().manual_seed(0)
     fixed = {"type": torch.randn(6, 26, generator=g), "level": torch.randn(6, 6, generator=g)}
 
-    class Stub(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, return_stages=False):
-            assert x.shape[0] == 6
-            return {k: v + self.w for k, v in fixed.items()}, [x]
+    def heads(x):
+        assert x.shape[0] == 6
+        return fixed
 
     cfg = QEPConfig(out=Path("unused"), mix=1, kd_alpha=0, kd_beta=0, arch="resnet18")
     step = make_training_step(cfg, torch.device("cpu"), lambda d, r, b: gt_like(d), teacher=None)
     batch = {"dist": torch.zeros(3, 3, 16, 16, dtype=torch.uint8), "ref": torch.zeros(3, 3, 16, 16, dtype=torch.uint8),
              "type": torch.tensor([4, 9, 25]), "level": torch.tensor([1, 5, 3])}
-    out = step(Stub(), batch, torch.Generator().manual_seed(1), 0)
+    out = step(HeadsStub(heads), batch, torch.Generator().manual_seed(1), 0)
 
     want_dist = _np_ce(fixed["type"][:3], [4, 9, 25]) + _np_ce(fixed["level"][:3], [1, 5, 3])
     want_ref = _np_ce(fixed["type"][3:], [0, 0, 0]) + _np_ce(fixed["level"][3:], [0, 0, 0])
@@ -381,20 +389,15 @@ def test_pristine_share_weights_the_two_cross_entropies(share):
     fixed = {"type": torch.randn(6, 26, generator=g), "level": torch.randn(6, 6, generator=g)}
     rows = []
 
-    class Stub(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, return_stages=False):
-            rows.append(x.shape[0])
-            return {k: v[:x.shape[0]] + self.w for k, v in fixed.items()}, [x]
+    def heads(x):
+        rows.append(x.shape[0])
+        return {k: v[:x.shape[0]] for k, v in fixed.items()}
 
     cfg = QEPConfig(out=Path("unused"), mix=1, kd_alpha=0, kd_beta=0, arch="resnet18", pristine_share=share)
     step = make_training_step(cfg, torch.device("cpu"), lambda d, r, b: gt_like(d), teacher=None)
     batch = {"dist": torch.zeros(3, 3, 16, 16, dtype=torch.uint8), "ref": torch.zeros(3, 3, 16, 16, dtype=torch.uint8),
              "type": torch.tensor([4, 9, 25]), "level": torch.tensor([1, 5, 3])}
-    out = step(Stub(), batch, torch.Generator().manual_seed(1), 0)
+    out = step(HeadsStub(heads), batch, torch.Generator().manual_seed(1), 0)
 
     d = _np_ce(fixed["type"][:3], [4, 9, 25]) + _np_ce(fixed["level"][:3], [1, 5, 3])
     r = _np_ce(fixed["type"][3:], [0, 0, 0]) + _np_ce(fixed["level"][3:], [0, 0, 0])
@@ -413,15 +416,9 @@ def test_mix_refs_cuts_and_mixes_the_references_among_themselves(mix_refs):
 
     seen = []
 
-    class Stub(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, return_stages=False):
-            seen.append(x.detach().clone())
-            n = x.shape[0]
-            return {"type": torch.zeros(n, 26) + self.w, "level": torch.zeros(n, 6) + self.w}, [x]
+    def heads(x):
+        seen.append(x.detach().clone())
+        return {"type": torch.zeros(x.shape[0], 26), "level": torch.zeros(x.shape[0], 6)}
 
     n, size = 4, 16
     refs = torch.stack([torch.full((3, size, size), 40 * (i + 1), dtype=torch.uint8) for i in range(n)])
@@ -430,7 +427,7 @@ def test_mix_refs_cuts_and_mixes_the_references_among_themselves(mix_refs):
     step = make_training_step(cfg, torch.device("cpu"), lambda d, r, b: gt_like(d), teacher=None)
     batch = {"dist": refs.clone(), "ref": refs, "type": torch.tensor([4, 9, 25, 1]),
              "level": torch.tensor([1, 5, 3, 2])}
-    out = step(Stub(), batch, torch.Generator().manual_seed(3), 0)
+    out = step(HeadsStub(heads), batch, torch.Generator().manual_seed(3), 0)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # resnet18's input normalisation
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     got = (seen[0][n:] * std + mean).mul(255).round()  # the reference half of the student's batch

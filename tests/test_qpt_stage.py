@@ -185,18 +185,10 @@ def test_qpt_needs_references_and_resume_keeps_the_pretext(refs, tmp_path):
 @pytest.mark.slow
 def test_qpt_benchmark_reports_its_figures():
     """benchmarks/bench_qpt.py runs at a tiny size and returns positive figures (no timing thresholds)."""
-    import importlib.util
-    import sys
+    from benchmark_modules import benchmark_module
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_qpt.py"
-    spec = importlib.util.spec_from_file_location("dsmix_bench_qpt", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("bench_qpt.py") as module:
         rec = module.bench_qpt_step("cpu", batch=2, size=32, arch="resnet18", queue=16, quick=True)
-    finally:
-        sys.modules.pop(spec.name, None)
     for key in ("chains_ms", "step_ms", "loader_ms_per_region"):
         assert math.isfinite(rec[key]) and rec[key] > 0, key
     assert 0 < rec["chains_fraction"] < 1 and rec["region"] == 48
