@@ -69,6 +69,10 @@ ROWS: dict[str, Row] = {
     "paste-half": Row("DSMix, each paste with probability 1/2 (--paste-prob 0.5)", {"paste_prob": 0.5}),
     "mix-refs-paste-half": Row("DSMix, --mix-refs and --paste-prob 0.5 together",
                                {"mix_refs": True, "paste_prob": 0.5}),
+    # no content seams: the pasted boxes are other distortions of the sample's own crop
+    "same-crop": Row("DSMix, partners from the same crop (--mix-partners same)", {"mix_partners": "same"}),
+    "same-crop-share-zero": Row("DSMix, --mix-partners same without the references (--pristine-share 0)",
+                                {"mix_partners": "same", "pristine_share": 0.0}),
     # the references' cross-entropy off: is the pristine class what keeps DSMix's heads back?
     "share-zero": Row("DSMix without the references (--pristine-share 0)", {"pristine_share": 0.0}),
     # the second pretext: no type/level heads, so no pretext accuracy; only the probe compares

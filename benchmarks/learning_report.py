@@ -214,7 +214,7 @@ def write_pictures(record: dict, folder: Path, prefix: str = "learning") -> list
     from PIL import Image
 
     from dsmix_cli.imageio import save_image_atomic
-    from dsmix_cli.plots import bar_chart, line_chart
+    from dsmix_cli.plots import bar_chart, line_chart, scatter_chart
     from dsmix_cli.stages.qep_validation import type_level_picture
 
     folder = Path(folder)
@@ -238,6 +238,17 @@ def write_pictures(record: dict, folder: Path, prefix: str = "learning") -> list
                       title="probe median SRCC on the held-out CLIVE part (mean ± sd over seeds)", y_label="SRCC")
     save_image_atomic(probe, folder / f"{prefix}-probe.png")
     written.append(folder / f"{prefix}-probe.png")
+    # does a better-learned pretext give a better probe? one dot per trained row
+    pretext = {n: (summary[n]["val_type_acc"]["mean"], summary[n]["probe_median_srcc"]["mean"])
+               for n in names if "val_type_acc" in summary[n]}
+    if pretext:
+        floor = summary.get("random", {}).get("probe_median_srcc", {}).get("mean")
+        title = "held-out type accuracy against probe SRCC (mean over seeds)"
+        if floor is not None and math.isfinite(floor):
+            title += f"; random init probes {floor:.3f}"
+        chart = scatter_chart(pretext, title=title, x_label="held-out type accuracy", y_label="probe median SRCC")
+        save_image_atomic(chart, folder / f"{prefix}-pretext-probe.png")
+        written.append(folder / f"{prefix}-pretext-probe.png")
     # which distortions the heads tell apart: the headline, and the calibration row beside it
     for name, file in (("dsmix", f"{prefix}-type-level.png"), ("plain", f"{prefix}-type-level-plain.png")):
         row = summary.get(name)

@@ -34,7 +34,7 @@ class MixResult:
 
     Attributes:
         images: (B, C, H, W) mixed images.
-        sources: (K, B) long: row 0 is `arange(B)` (the base), row j the permutation of paste j;
+        sources: (K, B) long: row 0 is `arange(B)` (the base), row j the permutation (or the `partners` row) of paste j;
             `images[b]` shows pixels of `x[sources[k, b]]` where `visible[k, b]` is 1.
         visible: (K, B, H, W) float 0/1 masks of the pixels each source still shows; they
             partition the image (they sum to 1 at every pixel).
@@ -91,7 +91,7 @@ def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def mix(x: torch.Tensor, n_sources: int = 3, generator: torch.Generator | None = None,
-        paste_prob: float = 1.0) -> MixResult:
+        paste_prob: float = 1.0, partners: torch.Tensor | None = None) -> MixResult:
     """DSMix cut-and-paste with K = `n_sources` sources (Eq. 3; docs/method.md 3.2 and 3.4).
 
     The base image of sample b is x[b]. For j = 1..K-1 a permutation pi_j of the batch and one
@@ -105,20 +105,33 @@ def mix(x: torch.Tensor, n_sources: int = 3, generator: torch.Generator | None =
         generator: randomness for permutations, boxes and the paste coin.
         paste_prob: probability that each paste happens for a sample (the method keeps it
             at 1.0, docs/method.md 3.4); a paste that does not happen gets an empty box.
+        partners: (K - 1, B) long indices into `x` of the images pasted into the B base images
+            `x[:B]`, in paste order, instead of random permutations of the batch (e.g. other
+            distortions of the base's own reference stacked after the batch); no permutation
+            is drawn then.
 
     Returns:
         A `MixResult`.
     """
     if n_sources < 1:
         raise DsmixError(f"mix: n_sources must be >= 1, got {n_sources}")
+    if partners is not None and (partners.dim() != 2 or partners.shape[0] != n_sources - 1
+                                 or not 0 < partners.shape[1] <= x.shape[0]):
+        raise DsmixError(f"mix: partners must be ({n_sources - 1}, B) with B <= {x.shape[0]}, "
+                         f"got {tuple(partners.shape)}")
     batch, _, height, width = x.shape
+    if partners is not None:
+        batch = partners.shape[1]
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    images = x.clone()
+    images = x[:batch].clone()
     sources = [torch.arange(batch, device=x.device)]
     visible = [torch.ones(batch, height, width, dtype=torch.bool, device=x.device)]
     boxes = []
-    for _ in range(n_sources - 1):
-        perm = torch.randperm(batch, generator=generator, device=gen_device).to(x.device)
+    for j in range(n_sources - 1):
+        if partners is None:
+            perm = torch.randperm(batch, generator=generator, device=gen_device).to(x.device)
+        else:
+            perm = partners[j].to(x.device).long()
         box = sample_boxes(batch, height, width, generator, device=x.device)
         if paste_prob < 1.0:
             keep = (_rand(batch, generator) < paste_prob).to(x.device)

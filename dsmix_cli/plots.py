@@ -1,4 +1,5 @@
-"""Small charts drawn with Pillow alone: line curves, bar charts, heatmaps with a colour bar.
+"""Small charts drawn with Pillow alone: line curves, labelled scatter points, bar charts, heatmaps
+with a colour bar.
 
 The project's pictures (training curves, confusion matrices, comparison bars, DSM previews)
 all come from here, so they share one look and need no plotting library. Each function
@@ -77,6 +78,65 @@ def _fmt_tick(v: float) -> str:
     return f"{v:g}"
 
 
+class _Frame:
+    """Axes with grid, ticks, title and labels for points in data coordinates; `px`/`py` map them
+    to pixels. Shared by `line_chart` and `scatter_chart`."""
+
+    def __init__(self, img: Image.Image, pts: list[tuple[float, float]], *, title: str, x_label: str,
+                 y_label: str, y_range: tuple[float, float] | None, x_range: tuple[float, float] | None,
+                 extra_y: Sequence[float] = ()):
+        w, h = img.size
+        self.d = d = ImageDraw.Draw(img)
+        f, self.fs = font(12), font(11)
+        left, right, top, bottom = 58, 12, 24 if title else 10, 40
+        self.x0, self.x1 = self._span([p[0] for p in pts], x_range, pad=False)
+        self.y0, self.y1 = self._span([p[1] for p in pts] + list(extra_y), y_range, pad=True)
+        self.left, self.top = left, top
+        self.pw, self.ph = pw, ph = w - left - right, h - top - bottom
+        fs = self.fs
+        for t in _nice_ticks(self.y0, self.y1):
+            yy = self.py(t)
+            d.line([(left, yy), (left + pw, yy)], fill=_GRID)
+            label = _fmt_tick(t)
+            d.text((left - 6 - _text_w(d, label, fs), yy - 6), label, fill=_BLACK, font=fs)
+        for t in _nice_ticks(self.x0, self.x1):
+            xx = self.px(t)
+            d.line([(xx, top + ph), (xx, top + ph + 4)], fill=_BLACK)
+            label = _fmt_tick(t)
+            d.text((xx - _text_w(d, label, fs) / 2, top + ph + 6), label, fill=_BLACK, font=fs)
+        d.rectangle([left, top, left + pw, top + ph], outline=_BLACK)
+        if title:
+            d.text((left, 5), title, fill=_BLACK, font=f)
+        if x_label:
+            d.text((left + pw / 2 - _text_w(d, x_label, f) / 2, h - 16), x_label, fill=_BLACK, font=f)
+        if y_label:
+            label = Image.new("RGB", (_text_w(d, y_label, f) + 4, 16), _WHITE)
+            ImageDraw.Draw(label).text((2, 1), y_label, fill=_BLACK, font=f)
+            label = label.rotate(90, expand=True)
+            img.paste(label, (2, int(top + ph / 2 - label.size[1] / 2)))
+
+    @staticmethod
+    def _span(values: list[float], fixed: tuple[float, float] | None, pad: bool) -> tuple[float, float]:
+        if fixed is not None:
+            return fixed
+        lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        if pad:
+            lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
+        return lo, hi
+
+    def px(self, x: float) -> float:
+        return self.left + (x - self.x0) / (self.x1 - self.x0) * self.pw
+
+    def py(self, y: float) -> float:
+        return self.top + (1 - (y - self.y0) / (self.y1 - self.y0)) * self.ph
+
+
+def _finite(pairs) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for x, y in pairs if math.isfinite(float(x)) and math.isfinite(float(y))]
+
+
 def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
                x_label: str = "", y_label: str = "", size: tuple[int, int] = (640, 360),
                y_range: tuple[float, float] | None = None,
@@ -90,56 +150,20 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
         y_range: fixed (min, max) of the y axis (default: the data's).
         hlines: name -> y of dashed reference lines (e.g. chance level), drawn in grey.
     """
-    w, h = size
     img = Image.new("RGB", size, _WHITE)
-    d = ImageDraw.Draw(img)
-    f, fs = font(12), font(11)
-    left, right, top, bottom = 58, 12, 24 if title else 10, 40
-    pts = [(float(x), float(y)) for xs, ys in series.values() for x, y in zip(xs, ys)
-           if math.isfinite(float(x)) and math.isfinite(float(y))]
-    extra = list((hlines or {}).values())
-    if y_range is not None:
-        y0, y1 = y_range
-    else:
-        ys_all = [p[1] for p in pts] + extra
-        y0, y1 = (min(ys_all), max(ys_all)) if ys_all else (0.0, 1.0)
-        if y1 <= y0:
-            y0, y1 = y0 - 0.5, y1 + 0.5
-        pad = 0.05 * (y1 - y0)
-        y0, y1 = y0 - pad, y1 + pad
-    xs_all = [p[0] for p in pts]
-    x0, x1 = (min(xs_all), max(xs_all)) if xs_all else (0.0, 1.0)
-    if x1 <= x0:
-        x0, x1 = x0 - 0.5, x1 + 0.5
-    pw, ph = w - left - right, h - top - bottom
-
-    def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * pw
-
-    def py(y: float) -> float:
-        return top + (1 - (y - y0) / (y1 - y0)) * ph
-
-    for t in _nice_ticks(y0, y1):
-        yy = py(t)
-        d.line([(left, yy), (left + pw, yy)], fill=_GRID)
-        label = _fmt_tick(t)
-        d.text((left - 6 - _text_w(d, label, fs), yy - 6), label, fill=_BLACK, font=fs)
-    for t in _nice_ticks(x0, x1):
-        xx = px(t)
-        d.line([(xx, top + ph), (xx, top + ph + 4)], fill=_BLACK)
-        label = _fmt_tick(t)
-        d.text((xx - _text_w(d, label, fs) / 2, top + ph + 6), label, fill=_BLACK, font=fs)
-    d.rectangle([left, top, left + pw, top + ph], outline=_BLACK)
+    pts = [p for xs, ys in series.values() for p in _finite(zip(xs, ys))]
+    fr = _Frame(img, pts, title=title, x_label=x_label, y_label=y_label, y_range=y_range, x_range=None,
+                extra_y=list((hlines or {}).values()))
+    d, fs, left, pw = fr.d, fr.fs, fr.left, fr.pw
     for name, yv in (hlines or {}).items():
-        yy = py(yv)
+        yy = fr.py(yv)
         for xs in range(left, left + pw, 10):
             d.line([(xs, yy), (min(xs + 5, left + pw), yy)], fill=(130, 130, 130))
         d.text((left + 4, yy - 13), name, fill=(110, 110, 110), font=fs)
-    legend_y = top + 4
+    legend_y = fr.top + 4
     for i, (name, (xs, ys)) in enumerate(series.items()):
         colour = PALETTE[i % len(PALETTE)]
-        line = [(px(float(x)), py(float(y))) for x, y in zip(xs, ys)
-                if math.isfinite(float(x)) and math.isfinite(float(y))]
+        line = [(fr.px(x), fr.py(y)) for x, y in _finite(zip(xs, ys))]
         if len(line) >= 2:
             d.line(line, fill=colour, width=2)
         elif line:
@@ -150,15 +174,44 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
         d.line([(lx, legend_y + 6), (lx + 18, legend_y + 6)], fill=colour, width=2)
         d.text((lx + 22, legend_y), name, fill=_BLACK, font=fs)
         legend_y += 14
-    if title:
-        d.text((left, 5), title, fill=_BLACK, font=f)
-    if x_label:
-        d.text((left + pw / 2 - _text_w(d, x_label, f) / 2, h - 16), x_label, fill=_BLACK, font=f)
-    if y_label:
-        label = Image.new("RGB", (_text_w(d, y_label, f) + 4, 16), _WHITE)
-        ImageDraw.Draw(label).text((2, 1), y_label, fill=_BLACK, font=f)
-        label = label.rotate(90, expand=True)
-        img.paste(label, (2, int(top + ph / 2 - label.size[1] / 2)))
+    return img
+
+
+def scatter_chart(points: Mapping[str, tuple[float, float]], *, title: str = "", x_label: str = "",
+                  y_label: str = "", size: tuple[int, int] = (640, 360),
+                  x_range: tuple[float, float] | None = None,
+                  y_range: tuple[float, float] | None = None) -> Image.Image:
+    """Named points on one pair of axes, each a dot in its own colour labelled with its name
+    (e.g. one configuration's pretext accuracy against its probe SRCC); non-finite points are skipped.
+
+    Args:
+        points: name -> (x, y).
+        title, x_label, y_label, size: as in `line_chart`.
+        x_range, y_range: fixed (min, max) of the axes (default: the data's, padded).
+    """
+    img = Image.new("RGB", size, _WHITE)
+    shown = {name: p for name, p in points.items() if _finite([p])}
+    pts = list(shown.values())
+    if x_range is None and pts:  # pad x as y is padded, so that no dot sits on the frame
+        lo, hi = min(p[0] for p in pts), max(p[0] for p in pts)
+        pad = 0.05 * (hi - lo) if hi > lo else 0.5
+        x_range = (lo - pad, hi + pad)
+    fr = _Frame(img, pts, title=title, x_label=x_label, y_label=y_label, y_range=y_range, x_range=x_range)
+    d, fs = fr.d, fr.fs
+    taken: list[tuple[float, float, float, float]] = []  # label boxes drawn so far
+    for i, (name, (x, y)) in enumerate(points.items()):
+        if name not in shown:
+            continue
+        colour = PALETTE[i % len(PALETTE)]
+        cx, cy = fr.px(float(x)), fr.py(float(y))
+        d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=colour)
+        tw = _text_w(d, name, fs)
+        tx = cx + 7 if cx + 7 + tw < fr.left + fr.pw else cx - 7 - tw
+        ty = cy - 7
+        while any(tx < b[2] and b[0] < tx + tw and ty < b[3] and b[1] < ty + 13 for b in taken):
+            ty += 13  # below a label already there
+        taken.append((tx, ty, tx + tw, ty + 13))
+        d.text((tx, ty), name, fill=colour, font=fs)
     return img
 
 

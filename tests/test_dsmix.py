@@ -107,6 +107,26 @@ def test_mix_visible_masks_and_pixels_match_the_boxes(n_sources):
             np.testing.assert_array_equal(res.images[b].numpy()[:, m], src)
 
 
+def test_mix_with_given_partners_pastes_those_images_into_the_first_b():
+    """`partners` (K-1, B) index into x: the base images are x[:B], paste j of sample b is
+    x[partners[j, b]], and the boxes are the ones the same generator would draw (no permutation)."""
+    torch.manual_seed(0)
+    x = torch.rand(9, 3, 12, 10)
+    partners = torch.tensor([[3, 4, 5], [6, 7, 8]])
+    res = mix(x, 3, torch.Generator().manual_seed(4), partners=partners)
+    assert res.images.shape == (3, 3, 12, 10) and torch.equal(res.sources, torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]]))
+    g = torch.Generator().manual_seed(4)
+    boxes = torch.stack([sample_boxes(3, 12, 10, g) for _ in range(2)])
+    assert torch.equal(res.boxes, boxes)
+    for b in range(3):
+        expect = np_visible(res.boxes[:, b].numpy(), 12, 10)
+        for k in range(3):
+            m = expect[k].astype(bool)
+            np.testing.assert_array_equal(res.images[b].numpy()[:, m], x[res.sources[k, b]].numpy()[:, m])
+    with pytest.raises(DsmixError, match="partners"):
+        mix(x, 3, partners=partners[:1])
+
+
 @pytest.mark.parametrize("n_sources,mode", [(k, m) for k in (2, 3) for m in LABEL_MODES
                                             if not (m == "one-sided" and k != 2)])
 def test_mix_weights_agree_with_independent_implementation(n_sources, mode):

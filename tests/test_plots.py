@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dsmix_cli.plots import PALETTE, bar_chart, colormap, colour_bar, heatmap, line_chart, _nice_ticks
+from dsmix_cli.plots import PALETTE, bar_chart, colormap, colour_bar, heatmap, line_chart, scatter_chart, _nice_ticks
 
 
 def _has_colour(img, colour, box=None):
@@ -48,6 +48,22 @@ def test_line_chart_draws_each_series_in_its_colour_and_rising_curve_goes_up():
 def test_line_chart_skips_non_finite_points_and_single_points():
     img = line_chart({"a": ([0, 1, 2], [float("nan"), 1.0, float("inf")])})
     assert _has_colour(img, PALETTE[0])
+
+
+def test_scatter_chart_puts_each_point_where_its_values_say():
+    img = scatter_chart({"low": (0.1, 0.2), "high": (0.3, 0.6), "gone": (float("nan"), 0.5)},
+                        x_label="type acc", y_label="SRCC", x_range=(0.0, 0.4), y_range=(0.0, 0.8))
+    a = np.asarray(img)
+    centres = []
+    for colour in PALETTE[:2]:
+        ys, xs = np.nonzero((a == np.array(colour, dtype=np.uint8)).all(axis=-1))
+        dot = xs < xs.min() + 9  # the dot is left of its label
+        centres.append((xs[dot].mean(), ys[dot].mean()))
+    (x_low, y_low), (x_high, y_high) = centres
+    # axes: 58 px left margin, 12 right, 10 top, 40 bottom on 640 x 360
+    assert x_low == pytest.approx(58 + 0.25 * 570, abs=2) and x_high == pytest.approx(58 + 0.75 * 570, abs=2)
+    assert y_low == pytest.approx(10 + 0.75 * 310, abs=2) and y_high == pytest.approx(10 + 0.25 * 310, abs=2)
+    assert not _has_colour(img, PALETTE[2])  # the non-finite point is left out
 
 
 def test_bar_chart_heights_follow_the_values():

@@ -242,6 +242,8 @@ def gt_like(d):
     (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--rescale", "whole"], "--rescale"),
     (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--ref-resize", "16"], "smaller than"),
     (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--optimizer", "lamb"], "--optimizer"),
+    (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--mix-partners", "near"], "--mix-partners 'near'"),
+    (["--data", "EMPTY", "--dsm-source", "gt", "--mix-partners", "same"], "--mix-partners same distorts"),
     (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--lr-schedule", "poly"], "--lr-schedule"),
     (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--val-refs", "EMPTY/none"], "--val-refs"),
     (["--refs", "REFS", "--on-the-fly", "--dsm-source", "gt", "--val-refs", "EMPTY"], "no image files"),
@@ -445,6 +447,68 @@ def test_mix_refs_cuts_and_mixes_the_references_among_themselves(mix_refs):
     assert values <= {40.0, 80.0, 120.0, 160.0} and len(values) > 1  # only reference pixels, mixed
     # the references' loss is still against class 0: uniform logits give log(26) + log(6)
     assert out.parts["ce_ref"].item() == pytest.approx(math.log(26) + math.log(6), rel=1e-5)
+
+
+def test_same_crop_partners_mix_only_the_samples_own_distortions():
+    """--mix-partners same: each pasted box is another distortion, with its own uniform (type, level),
+    of the sample's own crop (distorted as the batch's own are: same crop, flip, whole-image range);
+    every pixel the student sees comes from one of that sample's distortions, and the label weights
+    go to those distortions' classes."""
+    from dsmix_cli.dsmix import mix
+    from dsmix_cli.stages.qep import QEPConfig, make_training_step, same_crop_partners
+
+    calls = []
+
+    def distort(src, types, levels, generator=None, **whole):  # a distortion whose output names its input
+        calls.append((src.clone(), types.clone(), levels.clone(), sorted(whole)))
+        return (src + (types.float() * 6 + levels.float()).view(-1, 1, 1, 1) / 1000).clamp(0, 1)
+
+    n, size = 4, 16
+    refs = torch.stack([torch.full((3, size, size), 40 * (i + 1), dtype=torch.uint8) for i in range(n)])
+    batch = {"ref": refs, "type": torch.tensor([4, 9, 25, 1]), "level": torch.tensor([1, 5, 3, 2]),
+             "premade": torch.zeros(n, dtype=torch.bool), "offset": torch.tensor([[0, 0, 1]] * n)}
+    cfg = QEPConfig(out=Path("unused"), refs=Path("unused"), on_the_fly=True, mix=3, kd_alpha=0, kd_beta=0,
+                    arch="resnet18", pristine_share=0.0, mix_partners="same", types=[2, 7, 11], levels=[3, 4])
+    ref01 = refs.float() / 255
+    pool, types, levels, partners = same_crop_partners(batch, ref01, ref01 + 0.5, batch["type"], batch["level"],
+                                                       cfg, torch.Generator().manual_seed(5), distort)
+    assert pool.shape == (3 * n, 3, size, size) and torch.equal(pool[:n], ref01 + 0.5)
+    assert torch.equal(partners, torch.tensor([[4, 5, 6, 7], [8, 9, 10, 11]]))
+    assert set(types[n:].tolist()) <= {2, 7, 11} and set(levels[n:].tolist()) <= {3, 4}
+    assert len(calls) == 2 and all(torch.equal(c[0], ref01) for c in calls)  # the same crops, unflipped again
+    for j in range(2):
+        code = (types[n * (j + 1):n * (j + 2)] * 6 + levels[n * (j + 1):n * (j + 2)]).float() / 1000
+        assert torch.allclose(pool[n * (j + 1):n * (j + 2)], ref01 + code.view(-1, 1, 1, 1))
+
+    seen = []
+
+    def heads(x):
+        seen.append(x.detach().clone())
+        return {"type": torch.zeros(x.shape[0], 26), "level": torch.zeros(x.shape[0], 6)}
+
+    calls.clear()
+    step = make_training_step(cfg, torch.device("cpu"), lambda d, r, b: (d - r).abs().mean(1)[:, ::8, ::8],
+                              teacher=None, distort=distort)
+    out = step(HeadsStub(heads), batch, torch.Generator().manual_seed(3), 0)
+    assert torch.isfinite(out.loss) and len(calls) == 3  # the batch's own distortions and two partner sets
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    got = seen[0] * std + mean
+    own = [c[2] for c in calls]
+    mixed_any = False
+    for b in range(n):
+        options = torch.stack([(ref01[b] + (calls[k][1][b] * 6 + own[k][b]).float() / 1000).clamp(0, 1)
+                               for k in range(3)])  # (3, C, H, W): this sample's three distortions
+        match = (got[b][None] - options).abs().amax(1) < 1e-5
+        assert match.any(0).all()  # every pixel from this sample's own distortions
+        mixed_any |= bool(match[1:].any() and not match[0].all())
+    assert mixed_any
+    # the same draws as the step (partner classes, then the boxes): the pasted pixels are the partners'
+    g = torch.Generator().manual_seed(3)
+    pool, _, _, partners = same_crop_partners(batch, ref01, distort(ref01.flip(-1), batch["type"], batch["level"]).flip(-1),
+                                              batch["type"], batch["level"], cfg, g, distort)
+    want = mix(pool, 3, g, partners=partners).images
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_adamw_cosine_and_warmup_set_the_learning_rate(refs, tmp_path):

@@ -148,6 +148,7 @@ def _distort_batch_exact(x, types, levels, generator=None):
     (["--pretext", "simclr"], "--pretext 'simclr'"),
     (["--mix", "2"], "--mix is an option of the DSMix pretext"),
     (["--dsm-model", "runs/dsm"], "--dsm-model is an option of the DSMix pretext"),
+    (["--mix-partners", "same"], "--mix-partners is an option of the DSMix pretext"),
     (["--qpt-skip", "1"], "--qpt-skip must lie in [0, 1)"),
     (["--qpt-steps", "4", "--types", "1-3"], "--qpt-steps 4 must lie in 1..3"),
     (["--qpt-region", "32"], "--qpt-region 32 must exceed --image-size 32"),

@@ -67,6 +67,10 @@ def qep(
     mix_refs: Annotated[bool, typer.Option(
         "--mix-refs/--no-mix-refs", help="Cut-and-mix the references among themselves too (their label stays "
                                          "pristine), so that box seams do not tell distorted from pristine.")] = False,
+    mix_partners: Annotated[str, typer.Option(
+        "--mix-partners", help="Where the pasted boxes come from: batch (other crops of the batch, CutMix's "
+                               "convention) or same (other distortions of the sample's own crop, type and "
+                               "level uniform: no content seams; needs --on-the-fly).")] = "batch",
     label_mode: Annotated[str, typer.Option(
         "--label-mode", help="normalized, absolute, area (plain CutMix) or one-sided (--mix 2).")] = "normalized",
     pristine_share: Annotated[float, typer.Option(
@@ -143,7 +147,7 @@ def qep(
         lr_schedule=lr_schedule, warmup_steps=warmup_steps,
         dsm_source=dsm_source, dsm_model=dsm_model, dsm_maps=dsm_maps, dsm_pool=dsm_pool, arch=arch,
         teacher=teacher, pretrained=pretrained, student_weights=student_weights, teacher_weights=teacher_weights,
-        mix=mix, paste_prob=paste_prob, mix_refs=mix_refs, label_mode=label_mode, joint_head=joint_head,
+        mix=mix, paste_prob=paste_prob, mix_refs=mix_refs, mix_partners=mix_partners, label_mode=label_mode, joint_head=joint_head,
         head_hidden=head_hidden,
         kd_alpha=kd_alpha, kd_beta=kd_beta, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
         lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, weight_decay=weight_decay, flip=flip, skip_bad=skip_bad,

@@ -44,6 +44,7 @@ KIND = "qep"
 ENCODER_FILE = "encoder.safetensors"
 DSM_SOURCES = ("model", "gt", "maps")
 OPTIMIZERS = ("sgd", "adamw")
+MIX_PARTNERS = ("batch", "same")  # where a DSMix sample's pasted images come from
 LR_SCHEDULES = ("step", "cosine")
 
 
@@ -84,6 +85,8 @@ class QEPConfig:
     mix: int = 3                        # sources per DSMix sample (Mix = 3, [P])
     paste_prob: float = 1.0             # probability of each paste ([R] always)
     mix_refs: bool = False              # also cut-and-mix the references among themselves (label: pristine)
+    mix_partners: str = "batch"         # batch: pasted images from the batch (CutMix, [R]) | same: other
+                                        # distortions of the base's own reference crop (on the fly)
     label_mode: str = "normalized"      # normalized [P?] | absolute | area | one-sided
     pristine_share: float = 0.5         # share of the CE on the references (paired batching: 1/2)
     joint_head: bool = False            # the optional 126-way head (section 10 item 5)
@@ -120,7 +123,10 @@ class QEPConfig:
         d["teacher"] = self.teacher or self.arch
         d["method"] = {
             "box_sampling": "cutmix: area fraction ~ U(0,1), side sqrt(rho), uniform centre, clipped, per sample",
-            "pastes": "mix-1 boxes from independent permutations, later boxes hide earlier ones",
+            "pastes": ("mix-1 boxes from independent permutations, later boxes hide earlier ones"
+                       if self.mix_partners == "batch" else
+                       "mix-1 boxes, each from another distortion (uniform type and level) of the sample's own "
+                       "reference crop, later boxes hide earlier ones"),
             "reference_batching": "paired: batch_size distorted + their batch_size references per step",
             "ce_reduction": "(1 - pristine_share) x mean CE of the B mixed crops + pristine_share x mean CE of "
                             "the B references, summed over the heads (0.5: the mean over the 2B images); with "
@@ -235,6 +241,10 @@ def validate_config(cfg: QEPConfig) -> None:
         raise DsmixError("--mix must be >= 1 (1 = no mixing)")
     if cfg.label_mode == "one-sided" and cfg.mix != 2:
         raise DsmixError("--label-mode one-sided is defined for two sources only: use --mix 2")
+    if cfg.mix_partners not in MIX_PARTNERS:
+        raise DsmixError(f"--mix-partners {cfg.mix_partners!r}: choose one of {', '.join(MIX_PARTNERS)}")
+    if cfg.mix_partners == "same" and not cfg.on_the_fly:
+        raise DsmixError("--mix-partners same distorts each crop again: it needs --refs DIR --on-the-fly")
     if not 0.0 <= cfg.paste_prob <= 1.0:
         raise DsmixError("--paste-prob must lie in [0, 1]")
     for name in (cfg.arch, cfg.teacher or cfg.arch):
@@ -343,6 +353,28 @@ def distort_on_the_fly(batch: dict, ref: torch.Tensor, gen: torch.Generator, dis
     return dist
 
 
+def same_crop_partners(batch: dict, ref: torch.Tensor, dist: torch.Tensor, types: torch.Tensor,
+                       levels: torch.Tensor, cfg: QEPConfig, gen: torch.Generator, distort=None):
+    """`--mix-partners same`: `cfg.mix - 1` more distortions of every crop of the batch, each with its
+    own (type, level) drawn uniformly from `cfg.types` x `cfg.levels` (with `gen`), distorted here as
+    the batch's own are (same crop, flip and whole-image range). Returns the pool (K B images: the
+    batch's, then each partner set), its types and levels, and the (K - 1, B) partner indices for
+    `mix`: paste j of sample b is the j-th other distortion of b's reference crop."""
+    n, dev = ref.shape[0], ref.device
+    pool, pool_t, pool_l = [dist], [types], [levels]
+    t_choices = torch.as_tensor(cfg.types, device=dev)
+    l_choices = torch.as_tensor(cfg.levels, device=dev)
+    for _ in range(cfg.mix - 1):
+        t = t_choices[torch.randint(len(cfg.types), (n,), generator=gen, device=gen.device).to(dev)]
+        lv = l_choices[torch.randint(len(cfg.levels), (n,), generator=gen, device=gen.device).to(dev)]
+        other = dict(batch, type=t.cpu(), level=lv.cpu(), premade=torch.zeros(n, dtype=torch.bool))
+        pool.append(distort_on_the_fly(other, ref, gen, distort))
+        pool_t.append(t)
+        pool_l.append(lv)
+    partners = torch.arange(n, device=dev)[None] + n * torch.arange(1, cfg.mix, device=dev)[:, None]
+    return torch.cat(pool), torch.cat(pool_t), torch.cat(pool_l), partners
+
+
 def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: torch.nn.Module | None,
                        distort=None):
     """The QEP step (Algorithm 1, steps 1-7) as `fn(model, batch, gen, step) -> StepOutput`."""
@@ -362,8 +394,13 @@ def make_training_step(cfg: QEPConfig, device: torch.device, dsm_fn, teacher: to
             else:
                 dist = to_float(batch["dist"].to(device, non_blocking=True))
                 types, levels = batch["type"].long().to(device), batch["level"].long().to(device)
-            dsm = dsm_fn(dist, ref, batch).float()
-            mixed = mix(dist, cfg.mix, gen, paste_prob=cfg.paste_prob)
+            partners = None
+            if cfg.mix_partners == "same" and cfg.mix > 1:  # the same crop, other (type, level) classes
+                dist, types, levels, partners = same_crop_partners(batch, ref, dist, types, levels, cfg, gen, distort)
+                dsm = dsm_fn(dist, ref.repeat(cfg.mix, 1, 1, 1), batch).float()
+            else:
+                dsm = dsm_fn(dist, ref, batch).float()
+            mixed = mix(dist, cfg.mix, gen, paste_prob=cfg.paste_prob, partners=partners)
             weights = mix_weights(mixed.visible, dsm[mixed.sources], mode=cfg.label_mode)
             targets = soft_targets(types[mixed.sources], levels[mixed.sources], weights)
             pristine = pristine_targets(n, device=device)

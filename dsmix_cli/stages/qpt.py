@@ -45,13 +45,15 @@ from dsmix_cli.stages.qep import (ENCODER_FILE, KIND, QEPConfig, ReferenceCropDa
 
 PRETEXTS = ("dsmix", "qpt")
 # Options of the DSMix pretext, with their defaults: `--pretext qpt` refuses other values...
-_DSMIX_ONLY = {"mix": 3, "paste_prob": 1.0, "mix_refs": False, "label_mode": "normalized", "joint_head": False,
+_DSMIX_ONLY = {"mix": 3, "paste_prob": 1.0, "mix_refs": False, "mix_partners": "batch",
+               "label_mode": "normalized", "joint_head": False,
                "head_hidden": 1024,
                "dsm_model": None, "dsm_maps": None}
 # ... except the DSM source and pooling, which a configuration shared by both pretexts may set:
 # they are ignored, and the run says so.
 _DSMIX_IGNORED = {"dsm_source": "model", "dsm_pool": 8}
-_OPTION = {"mix": "--mix", "paste_prob": "--paste-prob", "mix_refs": "--mix-refs", "label_mode": "--label-mode",
+_OPTION = {"mix": "--mix", "paste_prob": "--paste-prob", "mix_refs": "--mix-refs",
+           "mix_partners": "--mix-partners", "label_mode": "--label-mode",
            "joint_head": "--joint-head",
            "head_hidden": "--head-hidden", "dsm_source": "--dsm-source", "dsm_model": "--dsm-model",
            "dsm_maps": "--dsm-maps", "dsm_pool": "--dsm-pool"}
