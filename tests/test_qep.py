@@ -449,66 +449,87 @@ def test_mix_refs_cuts_and_mixes_the_references_among_themselves(mix_refs):
     assert out.parts["ce_ref"].item() == pytest.approx(math.log(26) + math.log(6), rel=1e-5)
 
 
-def test_same_crop_partners_mix_only_the_samples_own_distortions():
-    """--mix-partners same: each pasted box is another distortion, with its own uniform (type, level),
-    of the sample's own crop (distorted as the batch's own are: same crop, flip, whole-image range);
-    every pixel the student sees comes from one of that sample's distortions, and the label weights
-    go to those distortions' classes."""
-    from dsmix_cli.dsmix import mix
-    from dsmix_cli.stages.qep import QEPConfig, make_training_step, same_crop_partners
+def _code_distort(calls):
+    """A stand-in distortion whose output names its input and class: src + (6 t + l) / 1000."""
+    def distort(src, types, levels, generator=None, **whole):
+        calls.append((src.detach().cpu().clone(), types.cpu().clone(), levels.cpu().clone()))
+        return (src + (types.float() * 6 + levels.float()).view(-1, 1, 1, 1).to(src.device) / 1000).clamp(0, 1)
+    return distort
 
-    calls = []
 
-    def distort(src, types, levels, generator=None, **whole):  # a distortion whose output names its input
-        calls.append((src.clone(), types.clone(), levels.clone(), sorted(whole)))
-        return (src + (types.float() * 6 + levels.float()).view(-1, 1, 1, 1) / 1000).clamp(0, 1)
-
+def _same_crop_case():
     n, size = 4, 16
     refs = torch.stack([torch.full((3, size, size), 40 * (i + 1), dtype=torch.uint8) for i in range(n)])
     batch = {"ref": refs, "type": torch.tensor([4, 9, 25, 1]), "level": torch.tensor([1, 5, 3, 2]),
              "premade": torch.zeros(n, dtype=torch.bool), "offset": torch.tensor([[0, 0, 1]] * n)}
+    from dsmix_cli.stages.qep import QEPConfig
     cfg = QEPConfig(out=Path("unused"), refs=Path("unused"), on_the_fly=True, mix=3, kd_alpha=0, kd_beta=0,
                     arch="resnet18", pristine_share=0.0, mix_partners="same", types=[2, 7, 11], levels=[3, 4])
-    ref01 = refs.float() / 255
+    return batch, cfg
+
+
+def test_same_crop_partners_are_other_distortions_of_the_same_crops():
+    """--mix-partners same: `mix - 1` more distortions of every crop, each with its own uniform
+    (type, level) from --types x --levels, made as the batch's own are (same crop, unflipped then
+    flipped back); the partner indices point at them."""
+    from dsmix_cli.stages.qep import same_crop_partners
+
+    calls = []
+    batch, cfg = _same_crop_case()
+    n = len(batch["ref"])
+    ref01 = batch["ref"].float() / 255
     pool, types, levels, partners = same_crop_partners(batch, ref01, ref01 + 0.5, batch["type"], batch["level"],
-                                                       cfg, torch.Generator().manual_seed(5), distort)
-    assert pool.shape == (3 * n, 3, size, size) and torch.equal(pool[:n], ref01 + 0.5)
+                                                       cfg, torch.Generator().manual_seed(5), _code_distort(calls))
+    assert pool.shape == (3 * n, *ref01.shape[1:]) and torch.equal(pool[:n], ref01 + 0.5)
     assert torch.equal(partners, torch.tensor([[4, 5, 6, 7], [8, 9, 10, 11]]))
     assert set(types[n:].tolist()) <= {2, 7, 11} and set(levels[n:].tolist()) <= {3, 4}
-    assert len(calls) == 2 and all(torch.equal(c[0], ref01) for c in calls)  # the same crops, unflipped again
+    assert len(set(zip(types[n:].tolist(), levels[n:].tolist()))) > 1  # drawn per crop
+    assert torch.equal(types[:n], batch["type"]) and torch.equal(levels[:n], batch["level"])
+    assert len(calls) == 2 and all(torch.equal(c[0], ref01) for c in calls)  # the same crops each time
     for j in range(2):
-        code = (types[n * (j + 1):n * (j + 2)] * 6 + levels[n * (j + 1):n * (j + 2)]).float() / 1000
-        assert torch.allclose(pool[n * (j + 1):n * (j + 2)], ref01 + code.view(-1, 1, 1, 1))
+        part = slice(n * (j + 1), n * (j + 2))
+        code = (types[part] * 6 + levels[part]).float() / 1000
+        assert torch.allclose(pool[part], ref01 + code.view(-1, 1, 1, 1))
 
-    seen = []
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_same_crop_partners_mix_only_the_samples_own_distortions(device):
+    """The training step with --mix-partners same: every pixel the student sees comes from one of
+    that sample's own distortions, and the mixed crops are `mix(pool, partners=...)` drawn with the
+    step's generator after the partner classes."""
+    from dsmix_cli.dsmix import mix
+    from dsmix_cli.stages.qep import make_training_step, same_crop_partners
+
+    calls, seen = [], []
+    distort = _code_distort(calls)
+    batch, cfg = _same_crop_case()
+    n = len(batch["ref"])
+    ref01 = batch["ref"].float() / 255
 
     def heads(x):
-        seen.append(x.detach().clone())
-        return {"type": torch.zeros(x.shape[0], 26), "level": torch.zeros(x.shape[0], 6)}
+        seen.append(x.detach().cpu().clone())
+        return {"type": torch.zeros(x.shape[0], 26, device=x.device), "level": torch.zeros(x.shape[0], 6, device=x.device)}
 
-    calls.clear()
-    step = make_training_step(cfg, torch.device("cpu"), lambda d, r, b: (d - r).abs().mean(1)[:, ::8, ::8],
+    step = make_training_step(cfg, torch.device(device), lambda d, r, b: (d - r).abs().mean(1)[:, ::8, ::8],
                               teacher=None, distort=distort)
-    out = step(HeadsStub(heads), batch, torch.Generator().manual_seed(3), 0)
+    out = step(HeadsStub(heads).to(device), batch, torch.Generator().manual_seed(3), 0)
     assert torch.isfinite(out.loss) and len(calls) == 3  # the batch's own distortions and two partner sets
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     got = seen[0] * std + mean
-    own = [c[2] for c in calls]
     mixed_any = False
     for b in range(n):
-        options = torch.stack([(ref01[b] + (calls[k][1][b] * 6 + own[k][b]).float() / 1000).clamp(0, 1)
-                               for k in range(3)])  # (3, C, H, W): this sample's three distortions
+        options = torch.stack([(ref01[b] + (calls[k][1][b] * 6 + calls[k][2][b]).float() / 1000).clamp(0, 1)
+                               for k in range(3)])  # this sample's three distortions
         match = (got[b][None] - options).abs().amax(1) < 1e-5
         assert match.any(0).all()  # every pixel from this sample's own distortions
         mixed_any |= bool(match[1:].any() and not match[0].all())
     assert mixed_any
-    # the same draws as the step (partner classes, then the boxes): the pasted pixels are the partners'
     g = torch.Generator().manual_seed(3)
-    pool, _, _, partners = same_crop_partners(batch, ref01, distort(ref01.flip(-1), batch["type"], batch["level"]).flip(-1),
-                                              batch["type"], batch["level"], cfg, g, distort)
-    want = mix(pool, 3, g, partners=partners).images
-    assert torch.allclose(got, want, atol=1e-5)
+    own = distort(ref01.flip(-1), batch["type"], batch["level"]).flip(-1)
+    pool, _, _, partners = same_crop_partners(batch, ref01, own, batch["type"], batch["level"], cfg, g, distort)
+    assert torch.allclose(got, mix(pool, 3, g, partners=partners).images, atol=1e-5)
 
 
 def test_adamw_cosine_and_warmup_set_the_learning_rate(refs, tmp_path):
