@@ -2,6 +2,7 @@
 
     python benchmarks/learning.py --quick                       # one seed of the headline row
     python benchmarks/learning.py --json benchmarks/results/learning-cpu.json --docs-img docs/img
+    python benchmarks/learning.py --budgets RECORD_2000 RECORD_8000 ...   # accuracy against budget
 
 The CLIVE JPEGs of the shared data are split once (a fixed seed, the same for every row):
 `--val-refs` references for the held-out pretext accuracy, a scored probe part, and the rest to
@@ -36,7 +37,8 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from learning_report import detail_tables, format_table, summarize, write_pictures  # noqa: E402,F401
+from learning_report import (budget_picture, budget_summary, budget_table, detail_tables,  # noqa: E402,F401
+                             format_table, log_fit_crossing, summarize, write_pictures)
 from run import choose_threads, environment  # noqa: E402
 
 ROOT = _HERE.parent
@@ -323,7 +325,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="train nothing: record the rows and seeds --work has finished (a study cut short)")
     ap.add_argument("--report", type=Path, metavar="RECORD",
                     help="print the table of a record again (with --docs-img: redraw its pictures) and stop")
+    ap.add_argument("--budgets", type=Path, nargs="+", metavar="RECORD",
+                    help="records of the same study at different --steps: each row's accuracy per budget and "
+                         "where a line in log2(steps) reaches 0.3 (with --docs-img: PREFIX-budgets.png); then stop")
     args = ap.parse_args(argv)
+    if args.budgets:
+        records = []
+        for path in args.budgets:
+            try:
+                records.append(json.loads(path.read_text()))
+                records[-1]["rows"], records[-1]["settings"]["steps"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                ap.error(f"{path}: not a learning-study record ({e.__class__.__name__}: {e})")
+        budgets = budget_summary(records)
+        print(budget_table(budgets))
+        if args.docs_img:
+            budget_picture(budgets, args.docs_img, args.img_prefix)
+        return 0
     if args.report:
         try:
             record = json.loads(args.report.read_text())

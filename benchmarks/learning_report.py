@@ -208,11 +208,21 @@ def detail_tables(record: dict, rows=None) -> str:
     return "\n".join(lines)
 
 
-def write_pictures(record: dict, folder: Path, prefix: str = "learning") -> list[Path]:
-    """PREFIX-curves.png, PREFIX-probe.png and, for the headline and plain rows,
-    PREFIX-type-level.png and PREFIX-type-level-plain.png."""
+def stack(charts: list):
+    """Charts of one width, one below the other, in one picture."""
     from PIL import Image
 
+    img = Image.new("RGB", (max(c.size[0] for c in charts), sum(c.size[1] for c in charts)), (255, 255, 255))
+    y = 0
+    for c in charts:
+        img.paste(c, (0, y))
+        y += c.size[1]
+    return img
+
+
+def write_pictures(record: dict, folder: Path, prefix: str = "learning") -> list[Path]:
+    """PREFIX-curves.png, PREFIX-probe.png, PREFIX-pretext-probe.png and, for the headline and plain
+    rows, PREFIX-type-level.png and PREFIX-type-level-plain.png."""
     from dsmix_cli.imageio import save_image_atomic
     from dsmix_cli.plots import bar_chart, line_chart, scatter_chart
     from dsmix_cli.stages.qep_validation import type_level_picture
@@ -225,12 +235,7 @@ def write_pictures(record: dict, folder: Path, prefix: str = "learning") -> list
         series = {name: tuple(s["curves"][key]) for name, s in summary.items() if s.get("curves")}
         charts.append(line_chart(series, title=f"{title} (mean over seeds)", x_label="step", size=(640, 300),
                                  y_range=(0.0, 1.0), hlines={f"chance {chance}": chance}))
-    img = Image.new("RGB", (640, sum(c.size[1] for c in charts)), (255, 255, 255))
-    y = 0
-    for c in charts:
-        img.paste(c, (0, y))
-        y += c.size[1]
-    save_image_atomic(img, folder / f"{prefix}-curves.png")
+    save_image_atomic(stack(charts), folder / f"{prefix}-curves.png")
     written.append(folder / f"{prefix}-curves.png")
     names = list(summary)
     probe = bar_chart(names, [summary[n]["probe_median_srcc"]["mean"] for n in names],
@@ -256,3 +261,85 @@ def write_pictures(record: dict, folder: Path, prefix: str = "learning") -> list
             save_image_atomic(type_level_picture(row["per_type_level"], record["settings"]["steps"]), folder / file)
             written.append(folder / file)
     return written
+
+
+# ------------------------------------------------------------------------------------- budgets
+
+BUDGET_KEYS = ("val_type_acc", "val_level_acc", "val_called_pristine", "probe_median_srcc")
+TARGET = 0.3  # the accuracy the study asks of the headline row
+
+
+def log_fit_crossing(points: list[tuple[int, float]], target: float = TARGET) -> float | None:
+    """Steps at which the least-squares line acc = a + b log2(steps) through `points` (steps, acc;
+    two budgets at least) reaches `target`; None when it does not rise or has too few points."""
+    pts = [(math.log2(s), a) for s, a in points if s > 0 and math.isfinite(a)]
+    if len({x for x, _ in pts}) < 2:
+        return None
+    x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    b, a = np.polyfit(x, y, 1)
+    return float(2 ** ((target - a) / b)) if b > 0 else None
+
+
+def budget_summary(records: list[dict]) -> dict:
+    """Per row found in several records of different `--steps`: each budget's final held-out
+    accuracies and probe (mean over that record's seeds), and where a straight line in log2(steps)
+    through them reaches 0.3 (`fit_*`; a measured crossing is `reached_*`: the first budget there)."""
+    by_row: dict[str, dict] = {}
+    for rec in sorted(records, key=lambda r: r["settings"]["steps"]):
+        steps = rec["settings"]["steps"]
+        for name, s in summarize(rec)["summary"].items():
+            if "val_type_acc" not in s:
+                continue
+            row = by_row.setdefault(name, {"label": s["label"], "budgets": []})
+            row["budgets"].append({"steps": steps, "seeds": s["seeds"],
+                                   **{k: s[k]["mean"] for k in BUDGET_KEYS if k in s},
+                                   "seconds_per_step": s.get("seconds_per_step", {}).get("mean")})
+    by_row = {name: row for name, row in by_row.items() if len(row["budgets"]) > 1}
+    for row in by_row.values():
+        for key in ("val_type_acc", "val_level_acc"):
+            pts = [(b["steps"], b[key]) for b in row["budgets"]]
+            row[f"reached_{key}"] = next((s for s, a in pts if a >= TARGET), None)
+            row[f"fit_{key}"] = log_fit_crossing(pts)
+    return by_row
+
+
+def budget_table(budgets: dict) -> str:
+    """The budgets as a Markdown table: one line per (row, budget), then each row's crossings."""
+    lines = ["| row | steps | seeds | type acc | level acc | called pristine | probe SRCC |",
+             "|---|---|---|---|---|---|---|"]
+    f = lambda v: f"{v:.3f}" if v is not None and math.isfinite(v) else "-"  # noqa: E731
+    for name, row in budgets.items():
+        for b in row["budgets"]:
+            lines.append(f"| {name} | {b['steps']:,} | {','.join(b['seeds'])} | {f(b.get('val_type_acc'))} | "
+                         f"{f(b.get('val_level_acc'))} | {f(b.get('val_called_pristine'))} | "
+                         f"{f(b.get('probe_median_srcc'))} |")
+    lines.append("")
+    for name, row in budgets.items():
+        said = []
+        for key, what in (("val_type_acc", "type"), ("val_level_acc", "level")):
+            if row[f"reached_{key}"] is not None:
+                said.append(f"{what} {TARGET} reached at {row[f'reached_{key}']:,} steps (measured)")
+            elif row[f"fit_{key}"] is not None:
+                said.append(f"{what} {TARGET} at ~{row[f'fit_{key}']:,.0f} steps (fit in log2 steps, not run)")
+            else:
+                said.append(f"{what}: no rising fit")
+        lines.append(f"{name}: " + "; ".join(said))
+    return "\n".join(lines)
+
+
+def budget_picture(budgets: dict, folder: Path, prefix: str = "learning") -> Path:
+    """PREFIX-budgets.png: each row's final held-out type and level accuracy against its budget."""
+    from dsmix_cli.imageio import save_image_atomic
+    from dsmix_cli.plots import line_chart
+
+    charts = []
+    for key, title in (("val_type_acc", "held-out type accuracy at the end of each budget"),
+                       ("val_level_acc", "held-out level accuracy at the end of each budget")):
+        series = {name: ([b["steps"] for b in row["budgets"]], [b.get(key, math.nan) for b in row["budgets"]])
+                  for name, row in budgets.items()}
+        charts.append(line_chart(series, title=title, x_label="steps (the run's whole schedule)", size=(640, 300),
+                                 y_range=(0.0, 0.7), hlines={f"target {TARGET}": TARGET}))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{prefix}-budgets.png"
+    save_image_atomic(stack(charts), path)
+    return path

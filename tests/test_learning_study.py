@@ -128,3 +128,43 @@ def test_level_head_pristine_answers_per_level(study):
     text = study.detail_tables(record)
     assert "| dsmix | 0.70 | 0.40 | 0.20 | 0.20 | 0.20 |" in text
     assert "| 1 gaussian_blur | 0.30 / 0.50 |" in text
+
+
+def test_budgets_per_row_and_where_a_log_line_reaches_the_target(study, tmp_path, capsys):
+    """Records of the same study at several --steps: each row's final accuracy per budget (mean over
+    that record's seeds), a measured crossing of 0.3 where a budget reaches it, else where the line
+    in log2(steps) through the budgets does (a hand-made case: +0.05 per doubling from 0.1 at 2,000
+    steps reaches 0.3 at 2,000 x 2^4 = 32,000); a row in one record only is left out."""
+    def rec(steps, dsmix, plain, seeds=("0",)):
+        def row(type_acc, level_acc):
+            zeros = [[0.0] * 5 for _ in range(25)]
+            val = {"val_type_acc": type_acc, "val_level_acc": level_acc, "val_called_pristine": 0.5,
+                   "per_type": {}, "per_type_level": {"type_acc": zeros, "level_acc": zeros}, "history": [],
+                   "timing": {"seconds_per_step": 0.2}}
+            return {"label": "x", "seeds": {s: {"val": val, "probe": {"median_srcc": 0.5, "splits_srcc": [0.5]}}
+                                            for s in seeds}}
+        rows = {"dsmix": row(*dsmix), "plain": row(*plain)}
+        if steps == 2000:
+            rows["area"] = row(0.1, 0.1)
+        return {"settings": {"steps": steps, "seeds": [0]}, "rows": rows}
+
+    records = [rec(8000, (0.2, 0.125), (0.5, 0.4)), rec(2000, (0.1, 0.1), (0.32, 0.35), seeds=("0", "1"))]
+    budgets = study.budget_summary(records)
+    assert set(budgets) == {"dsmix", "plain"}
+    assert [b["steps"] for b in budgets["dsmix"]["budgets"]] == [2000, 8000]
+    assert budgets["dsmix"]["budgets"][0]["seeds"] == ["0", "1"]
+    assert budgets["dsmix"]["reached_val_type_acc"] is None
+    assert budgets["dsmix"]["fit_val_type_acc"] == pytest.approx(32000)
+    assert budgets["dsmix"]["fit_val_level_acc"] == pytest.approx(2000 * 2 ** (0.2 / 0.0125))
+    assert budgets["plain"]["reached_val_type_acc"] == 2000
+    assert study.log_fit_crossing([(2000, 0.3), (8000, 0.2)]) is None  # falling: never
+    assert study.log_fit_crossing([(2000, 0.1)]) is None  # one budget: no line
+    paths = []
+    for i, r in enumerate(records):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    assert study.main(["--budgets", *map(str, paths), "--docs-img", str(tmp_path / "img")]) == 0
+    out = capsys.readouterr().out
+    assert "| dsmix | 8,000 | 0 | 0.200 | 0.125 |" in out and "type 0.3 at ~32,000 steps (fit" in out
+    assert "plain: type 0.3 reached at 2,000 steps (measured)" in out
+    assert (tmp_path / "img" / "learning-budgets.png").stat().st_size > 1000
