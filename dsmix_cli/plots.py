@@ -73,8 +73,10 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 def _fmt_tick(v: float) -> str:
     if v == 0:
         return "0"
+    if abs(v) >= 1e4 and abs(v) < 1e7 and float(v).is_integer():
+        return f"{v:,.0f}"  # steps and counts: 15,000 (not 2e+04)
     if abs(v) >= 1e4 or abs(v) < 1e-3:
-        return f"{v:.0e}"
+        return f"{v:.3g}"
     return f"{v:g}"
 
 

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from dsmix_cli.plots import PALETTE, bar_chart, colormap, colour_bar, heatmap, line_chart, scatter_chart, _nice_ticks
+from dsmix_cli.plots import (PALETTE, bar_chart, colormap, colour_bar, heatmap, line_chart, scatter_chart, _fmt_tick,
+                             _nice_ticks)
 
 
 def _has_colour(img, colour, box=None):
@@ -30,6 +31,13 @@ def test_nice_ticks_cover_the_range_with_round_steps(lo, hi):
     assert np.allclose(steps, steps[0])
     mant = steps[0] / 10 ** math.floor(math.log10(steps[0]))
     assert any(abs(mant - m) < 1e-6 for m in (1, 2, 2.5, 5))
+
+
+@pytest.mark.parametrize("value,label", [(0, "0"), (0.25, "0.25"), (5000, "5000"), (15000, "15,000"),
+                                         (1e7, "1e+07"), (2.5e-4, "0.00025"), (12345.5, "1.23e+04")])
+def test_tick_labels_name_the_value(value, label):
+    assert _fmt_tick(value) == label
+    assert float(label.replace(",", "")) == pytest.approx(value, rel=5e-3 if "e" in label else 1e-9)  # 3 significant digits
 
 
 def test_line_chart_draws_each_series_in_its_colour_and_rising_curve_goes_up():
