@@ -472,7 +472,7 @@ def test_same_crop_partners_are_other_distortions_of_the_same_crops():
     """--mix-partners same: `mix - 1` more distortions of every crop, each with its own uniform
     (type, level) from --types x --levels, made as the batch's own are (same crop, unflipped then
     flipped back); the partner indices point at them."""
-    from dsmix_cli.stages.qep import same_crop_partners
+    from dsmix_cli.stages.qep_batches import same_crop_partners
 
     calls = []
     batch, cfg = _same_crop_case()
@@ -499,7 +499,8 @@ def test_same_crop_partners_mix_only_the_samples_own_distortions(device):
     that sample's own distortions, and the mixed crops are `mix(pool, partners=...)` drawn with the
     step's generator after the partner classes."""
     from dsmix_cli.dsmix import mix
-    from dsmix_cli.stages.qep import make_training_step, same_crop_partners
+    from dsmix_cli.stages.qep import make_training_step
+    from dsmix_cli.stages.qep_batches import same_crop_partners
 
     calls, seen = [], []
     distort = _code_distort(calls)

@@ -28,7 +28,7 @@ import torch
 from dsmix_cli.data.references import ReferenceCropDataset, collate_on_the_fly
 from dsmix_cli.distortions import TYPES, crop_out_range, distort, distort_batch, mapmm, whole_image_context
 from dsmix_cli.imageio import save_image_atomic, to_float
-from dsmix_cli.stages.qep import distort_on_the_fly
+from dsmix_cli.stages.qep_batches import distort_on_the_fly
 
 CROP = 48
 MARGIN = {1: 10, 2: 8, 10: 8, 16: 0, 18: 0, 22: 0, 24: 6}

@@ -93,7 +93,7 @@ class ReferenceCropDataset(Dataset):
     the CPU through Pillow (`cpu_types`: JPEG2000 and colour quantization) are applied right
     here, in the data-loader workers, so they never stall the training device; the item then
     carries the distorted 8-bit crop and `premade=True`. Every other type is applied batched on
-    the training device in the training step (`stages.qep.distort_on_the_fly`). `offset` is
+    the training device in the training step (`stages.qep_batches.distort_on_the_fly`). `offset` is
     (top, left, flipped) of the crop; a flipped crop is distorted unflipped, then flipped.
 
     `cache()` decodes every reference once and keeps it in memory (call it before the loader
