@@ -136,6 +136,24 @@ def test_resume_refuses_a_changed_objective_and_resume_alone_finishes_the_run(pa
     assert home["encoder"] == str(run.resolve())
 
 
+def test_a_run_saved_before_an_option_existed_resumes(pairs, tmp_path):
+    """config.json without `mix_partners` and `mix_refs` (a run started by an earlier version, which
+    pasted from the batch and left the references alone): `--resume` alone continues it; asking for
+    another value is refused by name."""
+    run = tmp_path / "run"
+    res = _invoke(["--data", str(pairs), "--dsm-source", "gt", "--epochs", "1", "--out", str(run), "--max-steps", "2",
+                   "--val-fraction", "0", "--kd-alpha", "0", "--kd-beta", "0", *TINY])
+    assert res.exit_code == 0, res.output
+    config = json.loads((run / "config.json").read_text())
+    del config["mix_partners"], config["mix_refs"]
+    (run / "config.json").write_text(json.dumps(config))
+    res = _invoke(["--resume", "--out", str(run), "--mix-refs"])
+    assert res.exit_code == 2 and "mix_refs was (not recorded), now True" in res.output.replace("\n", " ")
+    res = _invoke(["--resume", "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    assert [r["step"] for r in _log(run)] == [1, 2, 3, 4]
+
+
 def test_pairs_ablation_flags_and_exact_resume(pairs, tmp_path):
     common = ["--data", str(pairs), "--dsm-source", "gt", "--mix", "2", "--label-mode", "area", "--joint-head",
               "--kd-alpha", "0", "--kd-beta", "0", *TINY]

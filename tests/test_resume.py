@@ -43,6 +43,25 @@ def test_a_field_on_one_side_only_differs_and_keys_restrict_the_comparison():
     assert config_differences({"lr": 1.0, "total_steps": 9}, {"lr": 1.0}, keys=["lr"]) == []
 
 
+def test_an_option_newer_than_the_run_may_stay_at_its_default():
+    """A run saved by a version without an option behaved as its default: resuming with the
+    default is no difference, resuming with another value is (and so is a key only the old run has)."""
+    defaults = {"mix_partners": "batch", "lr": 0.01}
+    assert config_differences({"lr": 1.0}, {"lr": 1.0, "mix_partners": "batch"}, defaults=defaults) == []
+    diff = config_differences({"lr": 1.0}, {"lr": 1.0, "mix_partners": "same"}, defaults=defaults)
+    assert [str(d) for d in diff] == ["mix_partners was (not recorded), now 'same'"]
+    assert [d.field for d in config_differences({"lr": 1.0, "old": 1}, {"lr": 1.0}, defaults=defaults)] == ["old"]
+
+
+def test_field_defaults_of_a_dataclass():
+    from dsmix_cli.engine.resume import field_defaults
+    from dsmix_cli.stages.qep import QEPConfig
+
+    d = field_defaults(QEPConfig)
+    assert d["mix_partners"] == "batch" and d["mix"] == 3 and d["types"] == list(range(1, 26))
+    assert isinstance(d["qpt"], dict) and d["qpt"]["temperature"] == 0.2 and "out" not in d
+
+
 def test_paths_compare_by_the_place_they_name(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "data")

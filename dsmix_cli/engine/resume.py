@@ -78,14 +78,33 @@ def _same(a: Any, b: Any) -> bool:
     return False
 
 
-def config_differences(saved: dict, new: dict, keys: Iterable[str] | None = None) -> list[Difference]:
+def field_defaults(cls: type) -> dict:
+    """The default value of every field of the dataclass `cls` that has one (nested option
+    dataclasses as dicts, as a saved config holds them)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def config_differences(saved: dict, new: dict, keys: Iterable[str] | None = None,
+                       defaults: dict | None = None) -> list[Difference]:
     """The fields outside `RUN_CONTROL` whose values differ between `saved` and `new`.
 
     Args:
         saved: the config the run was started with.
         new: the config of the resumed run.
         keys: compare only these fields (default: every field of either config). A field
-            present on one side only is a difference.
+            present on one side only is a difference...
+        defaults: ...unless the saved config lacks it, its new value is the default given here,
+            and so the run was started by a version without the option, which did what its
+            default does.
     """
     names = list(keys) if keys is not None else list(dict.fromkeys([*saved, *new]))
     out = []
@@ -93,6 +112,9 @@ def config_differences(saved: dict, new: dict, keys: Iterable[str] | None = None
         if name in RUN_CONTROL:
             continue
         a, b = saved.get(name, _ABSENT), new.get(name, _ABSENT)
+        if a is _ABSENT and b is not _ABSENT and defaults is not None and name in defaults \
+                and _same(b, defaults[name]):
+            continue  # an option newer than the run, left at the behaviour the run had
         if a is _ABSENT or b is _ABSENT:
             if a is not b:
                 out.append(Difference(name, a, b))
@@ -101,13 +123,15 @@ def config_differences(saved: dict, new: dict, keys: Iterable[str] | None = None
     return out
 
 
-def check_resume_config(saved: dict, new: dict, where: str | Path, keys: Iterable[str] | None = None) -> None:
-    """Refuse a resume that would change anything but run-control fields.
+def check_resume_config(saved: dict, new: dict, where: str | Path, keys: Iterable[str] | None = None,
+                        defaults: dict | None = None) -> None:
+    """Refuse a resume that would change anything but run-control fields (`defaults`: as in
+    `config_differences`).
 
     Raises:
         CheckpointError: (exit 2) naming every differing field with its saved and new value.
     """
-    diff = config_differences(saved, new, keys)
+    diff = config_differences(saved, new, keys, defaults)
     if diff:
         raise CheckpointError(
             "--resume would change what this run trains: " + "; ".join(str(d) for d in diff)

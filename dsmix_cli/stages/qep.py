@@ -28,7 +28,7 @@ from dsmix_cli.engine import schedules
 from dsmix_cli.engine.checkpoint import export_weights
 from dsmix_cli.engine.data import BadInputs, epoch_loader, split_global_batch
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
-from dsmix_cli.engine.resume import check_resume_config, read_run_config
+from dsmix_cli.engine.resume import check_resume_config, field_defaults, read_run_config
 from dsmix_cli.engine.runtime import init_distributed, resolve_amp, resolve_device, seed_everything
 from dsmix_cli.data.references import (RESCALE_MODES, ReferenceCropDataset, collate_on_the_fly,  # noqa: F401
                                        list_references, split_references)
@@ -400,7 +400,7 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     out = Path(cfg.out)
     saved = read_run_config(out) if cfg.resume else {}
     if cfg.resume:  # the options first, before any work; the derived values below
-        check_resume_config(saved, cfg.to_dict(), out, keys=cfg.to_dict())
+        check_resume_config(saved, cfg.to_dict(), out, keys=cfg.to_dict(), defaults=field_defaults(QEPConfig))
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     dist_info = init_distributed(device)
@@ -439,7 +439,7 @@ def run_qep(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     config.update(dsm_model_resolved=dsm_model, steps_per_epoch=spe, total_steps=spe * cfg.epochs, amp=amp,
                   world_size=dist_info.world_size, per_rank_batch=per_rank)
     if cfg.resume:
-        check_resume_config(saved, config, out)
+        check_resume_config(saved, config, out, defaults=field_defaults(QEPConfig))
 
     student = build_resnet(cfg.arch, pretrained=(cfg.student_weights or True) if cfg.pretrained else False)
     model = QualityEncoderNet(student, joint_head=cfg.joint_head, hidden=cfg.head_hidden).to(device)

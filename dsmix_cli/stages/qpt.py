@@ -29,7 +29,7 @@ from dsmix_cli.engine import schedules
 from dsmix_cli.engine.checkpoint import export_weights, load_checkpoint
 from dsmix_cli.engine.data import epoch_loader, split_global_batch, split_keys
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
-from dsmix_cli.engine.resume import check_resume_config, read_run_config
+from dsmix_cli.engine.resume import check_resume_config, field_defaults, read_run_config
 from dsmix_cli.engine.runtime import (DistInfo, derive_seed, generator, init_distributed, resolve_amp,
                                       resolve_device, seed_everything)
 from dsmix_cli.errors import CheckpointError, DsmixError
@@ -234,7 +234,8 @@ def run_qpt(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     saved = read_run_config(out) if cfg.resume else {}
     if cfg.resume:  # the options first, before any work (the shared rule); the derived values below
         early = {**cfg.to_dict(), "qpt": asdict(opts)}
-        check_resume_config(saved, early, out, keys=[k for k in early if k != "method"])
+        check_resume_config(saved, early, out, keys=[k for k in early if k != "method"],
+                            defaults=field_defaults(type(cfg)))
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     dist_info = init_distributed(device)
@@ -275,7 +276,7 @@ def run_qpt(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     config.update(steps_per_epoch=spe, total_steps=spe * cfg.epochs, amp=amp, world_size=dist_info.world_size,
                   per_rank_batch=per_rank, qpt_space=space, dsm_model_resolved=None)
     if cfg.resume:
-        check_resume_config(saved, config, out)
+        check_resume_config(saved, config, out, defaults=field_defaults(type(cfg)))
 
     encoder = build_resnet(cfg.arch, pretrained=(cfg.student_weights or True) if cfg.pretrained else False)
     model = MomentumContrastNet(encoder, dim=opts.dim, hidden=opts.hidden, queue_size=opts.queue,
