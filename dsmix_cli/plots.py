@@ -86,12 +86,12 @@ class _Frame:
 
     def __init__(self, img: Image.Image, pts: list[tuple[float, float]], *, title: str, x_label: str,
                  y_label: str, y_range: tuple[float, float] | None, x_range: tuple[float, float] | None,
-                 extra_y: Sequence[float] = ()):
+                 extra_y: Sequence[float] = (), pad_x: bool = False):
         w, h = img.size
         self.d = d = ImageDraw.Draw(img)
         f, self.fs = font(12), font(11)
         left, right, top, bottom = 58, 12, 24 if title else 10, 40
-        self.x0, self.x1 = self._span([p[0] for p in pts], x_range, pad=False)
+        self.x0, self.x1 = self._span([p[0] for p in pts], x_range, pad=pad_x)
         self.y0, self.y1 = self._span([p[1] for p in pts] + list(extra_y), y_range, pad=True)
         self.left, self.top = left, top
         self.pw, self.ph = pw, ph = w - left - right, h - top - bottom
@@ -193,12 +193,8 @@ def scatter_chart(points: Mapping[str, tuple[float, float]], *, title: str = "",
     """
     img = Image.new("RGB", size, _WHITE)
     shown = {name: p for name, p in points.items() if _finite([p])}
-    pts = list(shown.values())
-    if x_range is None and pts:  # pad x as y is padded, so that no dot sits on the frame
-        lo, hi = min(p[0] for p in pts), max(p[0] for p in pts)
-        pad = 0.05 * (hi - lo) if hi > lo else 0.5
-        x_range = (lo - pad, hi + pad)
-    fr = _Frame(img, pts, title=title, x_label=x_label, y_label=y_label, y_range=y_range, x_range=x_range)
+    fr = _Frame(img, list(shown.values()), title=title, x_label=x_label, y_label=y_label, y_range=y_range,
+                x_range=x_range, pad_x=True)  # x padded as y is, so that no dot sits on the frame
     d, fs = fr.d, fr.fs
     taken: list[tuple[float, float, float, float]] = []  # label boxes drawn so far
     for i, (name, (x, y)) in enumerate(points.items()):

@@ -168,3 +168,8 @@ def test_budgets_per_row_and_where_a_log_line_reaches_the_target(study, tmp_path
     assert "| dsmix | 8,000 | 0 | 0.200 | 0.125 |" in out and "type 0.3 at ~32,000 steps (fit" in out
     assert "plain: type 0.3 reached at 2,000 steps (measured)" in out
     assert (tmp_path / "img" / "learning-budgets.png").stat().st_size > 1000
+    (tmp_path / "other.json").write_text(json.dumps({"rows": {}}))  # no settings.steps
+    for bad in ("none.json", "other.json"):
+        with pytest.raises(SystemExit) as stop:
+            study.main(["--budgets", str(paths[0]), str(tmp_path / bad)])
+        assert stop.value.code == 2 and f"{bad}: not a learning-study record" in capsys.readouterr().err

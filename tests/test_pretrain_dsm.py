@@ -108,6 +108,14 @@ def test_refuses_to_overwrite_or_change_a_run(data, tmp_path):
     res = _run("--data", str(tmp_path / "link"), "--out", str(run), *TINY, "--max-steps", "2", "--resume",
                "--workers", "1", "--log-every", "2")
     assert res.exit_code == 0, res.output
+    # a run saved before an option existed (no "flip" key) resumes with that option at its default
+    config = json.loads((run / "config.json").read_text())
+    del config["flip"]
+    (run / "config.json").write_text(json.dumps(config))
+    res = _run("--data", str(data), "--out", str(run), *TINY, "--max-steps", "3", "--resume", "--no-flip")
+    assert res.exit_code == 2 and "flip was (not recorded), now False" in res.output.replace("\n", " ")
+    res = _run("--data", str(data), "--out", str(run), *TINY, "--max-steps", "3", "--resume")
+    assert res.exit_code == 0, res.output
     res = _run("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "X"), *TINY)
     assert res.exit_code == 2 and "dataset folder not found" in res.output
     res = _run("--data", str(data), "--out", str(tmp_path / "Y"), *TINY, "--batch-size", "64")

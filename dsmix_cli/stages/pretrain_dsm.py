@@ -28,7 +28,7 @@ from dsmix_cli.engine import schedules
 from dsmix_cli.engine.checkpoint import export_weights
 from dsmix_cli.engine.data import BadInputs, epoch_loader, guarded_loader, steps_per_epoch
 from dsmix_cli.engine.loop import LoopConfig, StepOutput, fit
-from dsmix_cli.engine.resume import check_resume_config, read_run_config
+from dsmix_cli.engine.resume import check_resume_config, field_defaults, read_run_config
 from dsmix_cli.engine.runtime import (DistInfo, all_reduce_mean, autocast, derive_seed, generator,
                                       init_distributed, resolve_amp, resolve_device, seed_everything)
 from dsmix_cli.errors import DsmixError
@@ -190,7 +190,8 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
             raise DsmixError("--resume: no last.pt in the run folder (nothing to resume)", run_dir)
         saved = read_run_config(run_dir)
         options = _resolved_config(cfg)
-        check_resume_config(saved, options, run_dir, keys=options)  # the options, before any work
+        check_resume_config(saved, options, run_dir, keys=options,  # the options, before any work
+                            defaults=field_defaults(PretrainDSMConfig))
 
     pairs = load_pairs(cfg.data, skip_missing=cfg.skip_missing, allow_outside_root=cfg.allow_outside_root)
     train_pairs, val_pairs = split_by_reference(pairs, cfg.val_fraction, cfg.seed)
@@ -226,7 +227,8 @@ def _run(cfg, device, dist_info, on_start, on_progress) -> PretrainDSMResult:
         amp_resolved=amp, device_resolved=str(device), patch_size=pool,
         train_references=len({p.ref for p in train_pairs}), val_references=len({p.ref for p in val_pairs}))
     if saved is not None:
-        check_resume_config(saved, config, run_dir)  # and the values derived from the data
+        check_resume_config(saved, config, run_dir,  # and the values derived from the data
+                            defaults=field_defaults(PretrainDSMConfig))
     if dist_info.is_main:
         write_json(run_dir / "config.json", config)
 

@@ -44,19 +44,20 @@ from dsmix_cli.stages.qep import (ENCODER_FILE, KIND, QEPConfig, ReferenceCropDa
                                   encoder_meta, list_references)
 
 PRETEXTS = ("dsmix", "qpt")
-# Options of the DSMix pretext, with their defaults: `--pretext qpt` refuses other values...
-_DSMIX_ONLY = {"mix": 3, "paste_prob": 1.0, "mix_refs": False, "mix_partners": "batch",
-               "label_mode": "normalized", "joint_head": False,
-               "head_hidden": 1024,
-               "dsm_model": None, "dsm_maps": None}
+# Options of the DSMix pretext: `--pretext qpt` refuses values other than QEPConfig's defaults...
+_QEP_DEFAULTS = field_defaults(QEPConfig)
+_DSMIX_ONLY = {k: _QEP_DEFAULTS[k] for k in ("mix", "paste_prob", "mix_refs", "mix_partners", "label_mode",
+                                             "joint_head", "head_hidden", "dsm_model", "dsm_maps")}
 # ... except the DSM source and pooling, which a configuration shared by both pretexts may set:
 # they are ignored, and the run says so.
-_DSMIX_IGNORED = {"dsm_source": "model", "dsm_pool": 8}
-_OPTION = {"mix": "--mix", "paste_prob": "--paste-prob", "mix_refs": "--mix-refs",
-           "mix_partners": "--mix-partners", "label_mode": "--label-mode",
-           "joint_head": "--joint-head",
-           "head_hidden": "--head-hidden", "dsm_source": "--dsm-source", "dsm_model": "--dsm-model",
-           "dsm_maps": "--dsm-maps", "dsm_pool": "--dsm-pool"}
+_DSMIX_IGNORED = {k: _QEP_DEFAULTS[k] for k in ("dsm_source", "dsm_pool")}
+
+
+def _flag(field_name: str) -> str:
+    """The command-line option of a QEPConfig field (`paste_prob` -> `--paste-prob`)."""
+    return "--" + field_name.replace("_", "-")
+
+
 _FEATURE_DIM = {"resnet18": 512, "resnet34": 512}  # the rest of RESNET_ARCHS: 2048
 
 
@@ -94,7 +95,7 @@ def validate_qpt(cfg: QEPConfig) -> None:
         raise DsmixError("--pretext qpt degrades reference crops itself: use --refs DIR --on-the-fly")
     for key, default in _DSMIX_ONLY.items():
         if getattr(cfg, key) != default:
-            raise DsmixError(f"{_OPTION[key]} is an option of the DSMix pretext; --pretext qpt does not use it")
+            raise DsmixError(f"{_flag(key)} is an option of the DSMix pretext; --pretext qpt does not use it")
     bad = [t for t in cfg.types if not 1 <= t <= NUM_TYPES] + [v for v in cfg.levels if not 1 <= v <= NUM_LEVELS]
     if bad:
         raise DsmixError(f"--types/--levels: {bad} outside 1-{NUM_TYPES} / 1-{NUM_LEVELS}")
@@ -235,7 +236,7 @@ def run_qpt(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     if cfg.resume:  # the options first, before any work (the shared rule); the derived values below
         early = {**cfg.to_dict(), "qpt": asdict(opts)}
         check_resume_config(saved, early, out, keys=[k for k in early if k != "method"],
-                            defaults=field_defaults(type(cfg)))
+                            defaults=_QEP_DEFAULTS)
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     dist_info = init_distributed(device)
@@ -276,7 +277,7 @@ def run_qpt(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     config.update(steps_per_epoch=spe, total_steps=spe * cfg.epochs, amp=amp, world_size=dist_info.world_size,
                   per_rank_batch=per_rank, qpt_space=space, dsm_model_resolved=None)
     if cfg.resume:
-        check_resume_config(saved, config, out, defaults=field_defaults(type(cfg)))
+        check_resume_config(saved, config, out, defaults=_QEP_DEFAULTS)
 
     encoder = build_resnet(cfg.arch, pretrained=(cfg.student_weights or True) if cfg.pretrained else False)
     model = MomentumContrastNet(encoder, dim=opts.dim, hidden=opts.hidden, queue_size=opts.queue,
@@ -305,7 +306,7 @@ def run_qpt(cfg: QEPConfig, info: Callable[[str], None] = lambda _m: None,
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config)
-    ignored = [f"{_OPTION[k]} {getattr(cfg, k)}" for k, v in _DSMIX_IGNORED.items() if getattr(cfg, k) != v]
+    ignored = [f"{_flag(k)} {getattr(cfg, k)}" for k, v in _DSMIX_IGNORED.items() if getattr(cfg, k) != v]
     if ignored:
         info(f"ignored with --pretext qpt (DSMix options): {', '.join(ignored)}")
     info(f"QPT degradation space: {space:,} chains ({len(cfg.types)} types x {len(cfg.levels)} levels, up to "
